@@ -1,0 +1,39 @@
+# Every target that runs code depends on `install`, so each one alone sets up a bare machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint bench bench-quick report regress microbench soak speed clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency list changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,uvloop]'
+	touch $@
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/muxbench bench --suite default
+	$(BIN)/muxbench report
+
+bench-quick: install
+	$(BIN)/muxbench bench --suite quick
+	$(BIN)/muxbench report
+
+report: install
+	$(BIN)/muxbench report
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

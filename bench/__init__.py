@@ -1,0 +1,1 @@
+"""Harness: trials, resource sampling, results, report and regression checks."""

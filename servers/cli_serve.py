@@ -1,0 +1,119 @@
+"""`muxbench serve MODEL`: run one model until SIGTERM or SIGINT.
+
+The first stdout line, flushed, says `listening on HOST:PORT` with the real
+port, so a harness that asked for port 0 learns where to connect.  Diagnostics
+go to stderr, one line each.  Exit status: 0 after a signal, 2 for bad
+arguments or an address that cannot be listened on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+
+from servers.models import MODELS, Options
+from servers.net import ListenError, format_address, raise_nofile_limit, tcp_listen
+from servers.protocol import PROTOCOLS, Limits
+
+log = logging.getLogger("muxbench.serve")
+
+
+class Shutdown(BaseException):
+    """Raised by the SIGTERM/SIGINT handler to unwind the serving loop.
+
+    Raising from the handler (rather than setting a flag) is what wakes a
+    loop blocked in select/poll/epoll/accept: PEP 475 retries an interrupted
+    call when the handler returns, but not when it raises.
+    """
+
+
+def _raise_shutdown(signum: int, frame: object) -> None:
+    # A second signal must not interrupt the clean-up the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Shutdown(signum)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10 seconds, got {text}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    parser.add_argument("model", choices=list(MODELS), metavar="MODEL",
+                        help="one of: " + ", ".join(MODELS))
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default="echo",
+                        help="echo (RFC 862) or chat (newline-delimited room); default echo")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; a name or IPv6 works)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port to bind; 0 picks a free one (default)")
+    defaults = Limits()
+    parser.add_argument("--max-clients", type=_positive, default=None,
+                        help="refuse connections beyond this many (default: no limit)")
+    parser.add_argument("--max-line", type=_positive, default=defaults.max_line,
+                        help=f"chat: longest line in bytes (default {defaults.max_line})")
+    parser.add_argument("--max-output", type=_positive, default=defaults.max_output,
+                        help="bytes queued for one client before it is dropped "
+                             f"(default {defaults.max_output})")
+    parser.add_argument("--interval", type=_seconds, default=0.0,
+                        help="polling only: seconds to sleep between sweeps (default 0: busy-wait)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log only warnings (dropped and refused clients), not every drop")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format=f"muxbench serve[{args.model}]: %(message)s",
+        stream=sys.stderr,
+    )
+    model = MODELS[args.model]
+    reason = model.unavailable_reason()
+    if reason:
+        print(f"muxbench serve: model {args.model} is unavailable: {reason}", file=sys.stderr)
+        return 2
+    if args.interval and args.model != "polling":
+        print("muxbench serve: --interval applies only to the polling model", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
+    try:
+        listener = tcp_listen(args.host, args.port)
+    except ListenError as exc:
+        print(f"muxbench serve: {exc}", file=sys.stderr)
+        return 2
+    if not _is_loopback_literal(listener.getsockname()[0]):
+        log.warning("bound to %s, which is not a loopback address: reachable from the network",
+                    format_address(listener.getsockname()))
+    limits = Limits(max_line=args.max_line, max_output=args.max_output,
+                    max_clients=args.max_clients)
+    protocol = PROTOCOLS[args.protocol](limits)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGINT, _raise_shutdown)
+    try:
+        server = model.server_class()(listener, protocol, Options(interval=args.interval))
+        print(f"muxbench serve: {args.model} ({args.protocol}) listening on "
+              f"{format_address(listener.getsockname())}", flush=True)
+        server.run()
+    except Shutdown:
+        pass
+    finally:
+        listener.close()
+    return 0
+
+
+def _is_loopback_literal(host: str) -> bool:
+    return ipaddress.ip_address(host.split("%")[0]).is_loopback

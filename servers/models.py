@@ -1,0 +1,64 @@
+"""The catalogue of server models: name, where its code lives, what it shows.
+
+Every model is a class built as `Server(listener, protocol, options)` whose
+`run()` serves until interrupted and, on the way out, closes every connection
+and leaves no thread or child process behind.  Like `socketserver`, how a model
+gets concurrency is its own business; what it says to clients is the protocol's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    """Model-specific knobs (the protocol's limits travel with the protocol)."""
+
+    interval: float = 0.0  # polling: sleep between sweeps (0 = pure busy-wait)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    target: str  # "module:Class"
+    description: str
+    requires: str | None = None  # a module that must be importable
+
+    def unavailable_reason(self) -> str | None:
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"{self.requires} is not installed (pip install 'muxbench[{self.requires}]')"
+        return None
+
+    def server_class(self) -> type:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+MODELS: dict[str, Model] = {
+    m.name: m
+    for m in (
+        Model("polling", "servers.busy_polling:PollingServer",
+              "busy polling: non-blocking sockets, try accept and recv on every one, forever"),
+        Model("select", "servers.select_loop:SelectServer",
+              "select(2): fd bitmaps rebuilt and scanned on every call; fds >= 1024 refused"),
+        Model("poll", "servers.poll_loop:PollServer",
+              "poll(2): an fd array scanned on every call, no fd ceiling"),
+        Model("epoll", "servers.epoll_loop:EpollServer",
+              "epoll(7), level-triggered: the kernel keeps the interest list, reports ready fds"),
+        Model("epoll-et", "servers.epoll_loop:EdgeTriggeredEpollServer",
+              "epoll(7), edge-triggered: one registration, read and write until EAGAIN"),
+        Model("sigio", "servers.sigio_loop:SigioServer",
+              "signal-driven I/O: O_ASYNC raises SIGIO, the server sleeps until it comes"),
+        Model("thread", "servers.thread_per_client:ThreadServer",
+              "a thread per client, blocking sockets; the chat room behind a lock"),
+        Model("fork", "servers.fork_per_client:ForkServer",
+              "a process per client; chat lines cross processes through socketpairs to a hub"),
+        Model("asyncio", "servers.asyncio_server:AsyncioServer",
+              "asyncio Protocols on the stdlib event loop (the usual Python choice)"),
+        Model("uvloop", "servers.asyncio_server:UvloopServer",
+              "the same asyncio code on uvloop's libuv-based loop", requires="uvloop"),
+    )
+}

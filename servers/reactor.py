@@ -1,0 +1,223 @@
+"""What every readiness-based model shares: accept, read, write, close.
+
+A model says *how* it learns that a socket is ready (select, poll, epoll, a
+sweep, a signal) by subclassing `Reactor` and filling in four hooks; the
+bookkeeping around that answer is written once, here.  This is the shape of
+CPython's `selectors`: one small interface, one short class per mechanism.
+
+The write path follows one rule: write directly, and buffer only what the
+kernel did not take.  Writability is watched only while a backlog exists, so
+an echo round trip costs one readiness report, one recv and one send.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+
+from servers.net import RECV_SIZE, Acceptor, format_address, set_nonblocking, tune
+from servers.protocol import Limits, Outbox, ProtocolError
+
+log = logging.getLogger("muxbench.serve")
+
+
+class Connection:
+    __slots__ = ("eof", "fd", "interest", "outbox", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: str, limits: Limits) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.outbox = Outbox(limits.max_output)
+        self.eof = False  # the client half-closed: flush what is queued, then close
+        self.interest = (False, False)  # (read, write) as last told to the mechanism
+
+
+class Reactor:
+    """Base of the single-threaded models; subclasses supply the mechanism."""
+
+    #: Read (and accept, and write) until EAGAIN on every readiness report.
+    #: Required where a report is an edge -- it will not be repeated for data
+    #: left behind -- i.e. epoll with EPOLLET, and SIGIO.
+    drain = False
+
+    def __init__(self, listener: socket.socket, protocol, options) -> None:
+        set_nonblocking(listener)  # a reset between readiness and accept must not hang us
+        self.listener = listener
+        self.listen_fd = listener.fileno()
+        self.protocol = protocol
+        self.limits: Limits = protocol.limits
+        self.conns: dict[int, Connection] = {}
+        self.acceptor = Acceptor(listener)
+
+    # -- the mechanism: what a model fills in ---------------------------------
+
+    def watch(self, conn: Connection) -> None:
+        """Start watching a new connection (interest is conn.interest)."""
+
+    def rewatch(self, conn: Connection) -> None:
+        """conn.interest changed."""
+
+    def unwatch(self, conn: Connection) -> None:
+        """Stop watching conn; it is about to be closed."""
+
+    def serve_forever(self) -> None:
+        raise NotImplementedError
+
+    def admits(self, sock: socket.socket, peer: str) -> bool:
+        """Can the mechanism watch this socket at all?  (select cannot past FD_SETSIZE.)"""
+        return True
+
+    # -- shared bookkeeping ----------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.serve_forever()
+        finally:
+            self.close_all()
+
+    def dispatch(self, fd: int, readable: int, writable: int) -> None:
+        """Act on one readiness report from the mechanism."""
+        if fd == self.listen_fd:
+            self.on_acceptable()
+            return
+        conn = self.conns.get(fd)
+        if conn is None:
+            return  # closed earlier in this batch of reports
+        if writable:
+            self.on_writable(conn)
+        if readable and self.conns.get(fd) is conn:
+            self.on_readable(conn)
+
+    def close_all(self) -> None:
+        for conn in list(self.conns.values()):
+            self.close(conn)
+        self.acceptor.close()
+
+    def on_acceptable(self) -> None:
+        while True:
+            accepted = self.acceptor.accept()
+            if accepted is None:
+                return
+            sock, addr = accepted
+            if sock is not None:
+                self.admit(sock, addr)
+            if not self.drain:
+                return  # level-triggered: the next report brings the next one
+
+    def admit(self, sock: socket.socket, addr: tuple) -> None:
+        peer = format_address(addr)
+        max_clients = self.limits.max_clients
+        if max_clients is not None and len(self.conns) >= max_clients:
+            log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+            sock.close()
+            return
+        if not self.admits(sock, peer):
+            sock.close()
+            return
+        set_nonblocking(sock)
+        tune(sock)
+        conn = Connection(sock, peer, self.limits)
+        self.conns[conn.fd] = conn
+        self.protocol.join(conn.fd)
+        conn.interest = (True, False)
+        self.watch(conn)
+
+    def on_readable(self, conn: Connection) -> None:
+        if not self.reading(conn):
+            return  # paused (edge-triggered reports come regardless); resumed by on_writable
+        recv = conn.sock.recv
+        while True:
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ECONNRESET and friends: the peer is gone
+                self.close(conn, exc.strerror)
+                return
+            if not data:
+                conn.eof = True
+                self.protocol.leave(conn.fd)
+                if not conn.outbox:
+                    self.close(conn)
+                else:
+                    self.refresh(conn)
+                return
+            try:
+                delivery = self.protocol.receive(conn.fd, data)
+            except ProtocolError as exc:
+                self.close(conn, str(exc))
+                return
+            if delivery is not None:
+                self.deliver(*delivery)
+            if not self.drain or self.conns.get(conn.fd) is not conn or not self.reading(conn):
+                return
+
+    def deliver(self, keys: Iterable[int], data: bytes) -> None:
+        conns = self.conns
+        for fd in keys:
+            conn = conns.get(fd)
+            if conn is not None:
+                self.send(conn, data)
+
+    def send(self, conn: Connection, data: bytes) -> None:
+        outbox = conn.outbox
+        if not outbox:
+            try:
+                sent = conn.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.close(conn, exc.strerror)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        try:
+            outbox.push(data)
+        except ProtocolError as exc:
+            self.close(conn, str(exc))
+            return
+        self.refresh(conn)
+
+    def on_writable(self, conn: Connection) -> None:
+        outbox = conn.outbox
+        was_paused = not self.reading(conn)
+        while outbox:
+            try:
+                sent = conn.sock.send(outbox.pending())
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.close(conn, exc.strerror)
+                return
+            outbox.consume(sent)
+            if not self.drain:
+                break
+        if not outbox and conn.eof:
+            self.close(conn)
+            return
+        self.refresh(conn)
+        # Data that arrived while reading was paused raised no new edge, so
+        # an edge-triggered or signal-driven loop would never read it.
+        if was_paused and self.reading(conn):
+            self.on_readable(conn)
+
+    def reading(self, conn: Connection) -> bool:
+        return not conn.eof and not (self.protocol.pause_reading_while_backlogged and conn.outbox)
+
+    def refresh(self, conn: Connection) -> None:
+        interest = (self.reading(conn), bool(conn.outbox))
+        if interest != conn.interest:
+            conn.interest = interest
+            self.rewatch(conn)
+
+    def close(self, conn: Connection, reason: str | None = None) -> None:
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        if reason:
+            log.info("dropped %s: %s", conn.peer, reason)
+        self.protocol.leave(conn.fd)
+        self.unwatch(conn)
+        conn.sock.close()

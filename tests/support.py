@@ -1,0 +1,132 @@
+"""Helpers shared by the tests: real server processes, always cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUXBENCH = [sys.executable, "-m", "bench.cli"]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    host: str
+    port: int
+    stderr_path: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        sock = socket.create_connection(self.address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        """Signal the server and wait for it; returns its exit status."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole process group and reap the leader."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def serve(model: str, protocol: str = "echo", *extra: str, preexec_fn=None,
+          ready_timeout: float = 10.0) -> Iterator[ServerProcess]:
+    """Run `muxbench serve MODEL` in its own process group; kill the group on exit."""
+    with tempfile.NamedTemporaryFile(prefix="muxbench-serve-", suffix=".log",
+                                     delete=False) as err:
+        stderr_path = Path(err.name)
+    with open(stderr_path, "wb") as err_file:
+        proc = subprocess.Popen(
+            [*MUXBENCH, "serve", model, "--protocol", protocol, *extra],
+            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+            start_new_session=True, preexec_fn=preexec_fn,
+        )
+    try:
+        line = _readline(proc, ready_timeout)
+        if "listening on " not in line:
+            raise RuntimeError(f"server did not start: {line!r}\n{stderr_path.read_text()}")
+        host, _, port = line.split("listening on ", 1)[1].strip().rpartition(":")
+        yield ServerProcess(proc, host.strip("[]"), int(port), stderr_path)
+    finally:
+        kill_group(proc)
+        if proc.stdout:
+            proc.stdout.close()
+        stderr_path.unlink(missing_ok=True)
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError(f"no ready line within {timeout} s")
+    return proc.stdout.readline()
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_until_closed(sock: socket.socket) -> bytes:
+    buf = bytearray()
+    while chunk := sock.recv(65536):
+        buf += chunk
+    return bytes(buf)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pids of pid's live descendants (via /proc, no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
