@@ -34,6 +34,24 @@ bench-quick: install
 report: install
 	$(BIN)/muxbench report
 
+# Regression gate: quick suite with repeats, compared against results/baseline/.
+regress: install
+	$(BIN)/python -m bench.regress
+
+# Hot-path micro-benchmarks for real (in `make test` they only run once, as smoke).
+microbench: install
+	mkdir -p results
+	$(BIN)/pytest tests/test_microbench.py --benchmark-enable --benchmark-json=results/microbench.json
+
+# Long fuzz and soak cases, kept out of `make test`.
+soak: install
+	$(BIN)/pytest -m slow
+
+# Speed targets measured as ratios against minimal C programs (needs gcc).
+speed: install
+	$(BIN)/python benchmarks/server_cpu.py
+	$(BIN)/python benchmarks/loadgen_rate.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
