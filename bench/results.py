@@ -1,0 +1,207 @@
+"""results/<run-id>/results.json: the one raw record every table and plot is rebuilt from.
+
+Public API (stable; the report, compare and regression code import it):
+
+- ``SCHEMA_VERSION``: the integer written as ``schema_version``; a file with any
+  other version is refused rather than half-understood.
+- ``ResultsError(Exception)``: every problem with a results file, as a one-line
+  message fit for ``muxbench ...: <message>`` on stderr.
+- ``load_results(path_or_run_dir) -> dict``: read ``results.json`` (a file, or a
+  run directory holding one), check ``schema_version`` and the required keys of
+  the run and of every trial.
+- ``resolve_run(arg=None, root="results") -> Path``: the run directory for a user
+  argument: ``None`` means ``ROOT/latest``; otherwise an existing directory, a
+  ``results.json`` file (its directory), or a run id under ``root``.
+- ``write_results_atomic(path, data)``: write JSON to a temporary file in the same
+  directory, fsync, then rename over ``path``, so a killed run never leaves a
+  truncated file.
+- ``point_latest(root, run_dir)``: make ``ROOT/latest`` a relative symlink to the
+  run directory (replaced atomically).
+- ``new_run_id(suite, when=None) -> str``: ``20261129T161500Z-quick``.
+- ``metric(trial, "derived.cpu_per_msg_us") -> float | None``: a dotted path into
+  one trial; None when any step is missing or null.
+- ``summary(values) -> {"median", "min", "max", "n"}``: over the non-None values
+  (all None and n=0 when there are none).
+- ``x_value(results, trial)``: the trial's value on its scenario's x axis.
+- ``group_points(results, statuses=("ok",))`` (alias ``points``):
+  ``{(scenario, model, protocol, x): [trial, ...]}`` with every repeat kept, in
+  file order; only trials whose status is in ``statuses``.
+- ``point_summary(results, path, statuses=("ok",))``:
+  ``{(scenario, model, protocol, x): summary(metric values of its repeats)}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+LATEST = "latest"
+
+RUN_KEYS = ("schema_version", "run_id", "suite", "status", "started_at", "environment",
+            "scenarios", "trials")
+TRIAL_KEYS = ("scenario", "model", "protocol", "point", "repeat", "status")
+RUN_STATUSES = ("running", "complete", "interrupted")
+TRIAL_STATUSES = ("ok", "failed", "invalid")
+
+PointKey = tuple[str, str, str, Any]
+
+
+class ResultsError(Exception):
+    """A results file that is missing, unreadable, malformed or of another schema."""
+
+
+def new_run_id(suite: str, when: dt.datetime | None = None) -> str:
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{suite}"
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, second precision, as stored in results.json."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_results_atomic(path: str | os.PathLike, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1, allow_nan=False, default=_jsonable)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars (from percentiles and fits) serialise as plain numbers.
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def point_latest(root: str | os.PathLike, run_dir: str | os.PathLike) -> None:
+    root = Path(root)
+    link = root / LATEST
+    tmp = root / f".{LATEST}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(os.path.relpath(Path(run_dir), root), tmp)
+    os.replace(tmp, link)
+
+
+def resolve_run(arg: str | os.PathLike | None = None,
+                root: str | os.PathLike = "results") -> Path:
+    root = Path(root)
+    if arg is None:
+        candidate = root / LATEST
+        if not candidate.exists():
+            raise ResultsError(f"no run found: {candidate} does not exist "
+                               "(run `muxbench bench` first, or name a run)")
+        return candidate.resolve()
+    given = Path(arg)
+    if given.is_file():
+        return given.resolve().parent
+    if given.is_dir():
+        return given.resolve()
+    if (root / given).is_dir():
+        return (root / given).resolve()
+    raise ResultsError(f"no such run: {arg} (neither a directory, a results.json, "
+                       f"nor a run id under {root})")
+
+
+def load_results(path_or_run_dir: str | os.PathLike) -> dict:
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ResultsError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a JSON object at the top level")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"{path}: schema_version {version!r} is not supported "
+                           f"(this muxbench reads version {SCHEMA_VERSION})")
+    _require(data, RUN_KEYS, str(path))
+    if data["status"] not in RUN_STATUSES:
+        raise ResultsError(f"{path}: unknown run status {data['status']!r}")
+    if not isinstance(data["trials"], list) or not isinstance(data["scenarios"], dict):
+        raise ResultsError(f"{path}: 'trials' must be a list and 'scenarios' an object")
+    for index, trial in enumerate(data["trials"]):
+        where = f"{path}: trial {index}"
+        if not isinstance(trial, dict):
+            raise ResultsError(f"{where} is not an object")
+        _require(trial, TRIAL_KEYS, where)
+        if trial["status"] not in TRIAL_STATUSES:
+            raise ResultsError(f"{where}: unknown status {trial['status']!r}")
+    return data
+
+
+def _require(obj: dict, keys: Iterable[str], where: str) -> None:
+    missing = [key for key in keys if key not in obj]
+    if missing:
+        raise ResultsError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+def metric(trial: dict, path: str) -> float | None:
+    value: Any = trial
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+        if value is None:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def summary(values: Iterable[float | None]) -> dict:
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(present), "min": min(present),
+            "max": max(present), "n": len(present)}
+
+
+def x_value(results: dict, trial: dict) -> Any:
+    scenario = results["scenarios"].get(trial["scenario"], {})
+    return trial["point"].get(scenario.get("x"))
+
+
+def group_points(results: dict, statuses: Iterable[str] = ("ok",)) -> dict[PointKey, list[dict]]:
+    wanted = set(statuses)
+    grouped: dict[PointKey, list[dict]] = {}
+    for trial in results["trials"]:
+        if trial["status"] in wanted:
+            key = (trial["scenario"], trial["model"], trial["protocol"], x_value(results, trial))
+            grouped.setdefault(key, []).append(trial)
+    return grouped
+
+
+points = group_points
+
+
+def point_summary(results: dict, path: str,
+                  statuses: Iterable[str] = ("ok",)) -> dict[PointKey, dict]:
+    return {key: summary(metric(t, path) for t in trials)
+            for key, trials in group_points(results, statuses).items()}
