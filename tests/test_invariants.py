@@ -1,0 +1,153 @@
+"""The invariants hold on a real quick run, and each one fails when its rule is broken."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bench import invariants
+from bench.results import load_results
+from tests import fake_results as fake
+
+
+@pytest.fixture
+def healthy() -> dict:
+    return fake.healthy_run()
+
+
+def _edit(results: dict, scenario: str, model: str, edit, x: object = None) -> dict:
+    """A copy in which edit(trial) was applied to every trial of one model's point."""
+    out = copy.deepcopy(results)
+    key = out["scenarios"][scenario]["x"]
+    for t in out["trials"]:
+        if t["scenario"] == scenario and t["model"] == model and x in (None, t["point"][key]):
+            edit(t)
+    return out
+
+
+def _drop(results: dict, scenario: str, model: str) -> dict:
+    out = copy.deepcopy(results)
+    out["trials"] = [t for t in out["trials"]
+                     if not (t["scenario"] == scenario and t["model"] == model)]
+    return out
+
+
+def _set(path: str, value: object):
+    def edit(trial: dict) -> None:
+        *parents, leaf = path.split(".")
+        holder = trial
+        for part in parents:
+            holder = holder[part]
+        holder[leaf] = value
+    return edit
+
+
+def test_healthy_synthetic_run_passes_every_invariant(healthy):
+    assert invariants.check_all(healthy) == {name: [] for name in invariants.INVARIANTS}
+
+
+# -- each invariant, broken on purpose ---------------------------------------------------
+
+@pytest.mark.parametrize("counter", invariants.INTEGRITY_COUNTERS)
+def test_integrity_catches_each_kind_of_message_fault(healthy, counter):
+    broken = copy.deepcopy(healthy)
+    broken["trials"][7]["load"][counter] = 3
+    found = invariants.check_integrity(broken)
+    assert len(found) == 1 and f"3 {counter}" in found[0]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set("cleanup.leftover_procs", 2), "leftover_procs"),
+    (_set("cleanup.leftover_fds", 1), "leftover_fds"),
+    (lambda t: t.pop("cleanup"), "no cleanup check"),
+])
+def test_cleanup_catches_leftovers_and_a_missing_record(healthy, edit, words):
+    broken = _edit(healthy, "echo_clients", "thread", edit)
+    found = invariants.check_cleanup(broken)
+    assert found and all(words in line and "thread" in line for line in found)
+
+
+@pytest.mark.parametrize("broken_by, words", [
+    # polling that sleeps between sweeps is no longer the seed's busy loop
+    (lambda r: _edit(r, "idle", "polling", _set("server.cpu_util", 0.3)), "of a core"),
+    # an epoll server that spins with nobody talking
+    (lambda r: _edit(r, "idle", "epoll", _set("server.cpu_util", 0.9)), "20x epoll"),
+    (lambda r: _drop(r, "idle", "polling"), "no client count"),
+])
+def test_polling_idle_cpu_catches(healthy, broken_by, words):
+    found = invariants.check_polling_idle_cpu(broken_by(healthy))
+    assert found and any(words in line for line in found)
+
+
+@pytest.mark.parametrize("model, edit, words", [
+    # a select server that somehow watched all 1100 (no ceiling) breaks the claim
+    ("select", lambda t: (t["load"].update(errors=0, errors_by_kind={}),
+                          t["server"].update(fds_peak=1105)), "refused fds >= 1024"),
+    ("poll", _set("load.connected", 1020), "served all 1100"),
+    ("epoll", _set("server.fds_peak", 1021), "served all 1100"),
+    ("epoll", _set("status", "failed"), "served all 1100"),
+])
+def test_fd_ceiling_catches(healthy, model, edit, words):
+    found = invariants.check_fd_ceiling(_edit(healthy, "idle", model, edit, x=1100))
+    assert found and all(model in line and words in line for line in found)
+
+
+def test_fd_ceiling_needs_the_1100_client_point(healthy):
+    found = invariants.check_fd_ceiling(_drop(healthy, "idle", "poll"))
+    assert found == ["idle clients=1100: no poll trial"]
+
+
+@pytest.mark.parametrize("model, idle, value, words", [
+    ("select", 1000, 9.5, "expected growth"),  # select no longer scans every fd
+    ("poll", 1000, 10.0, "expected growth"),
+    ("epoll", 1000, 25.0, "expected within"),  # epoll cost now grows with idle fds
+])
+def test_sparse_scaling_catches(healthy, model, idle, value, words):
+    broken = _edit(healthy, "sparse", model, _set("derived.cpu_per_msg_us", value), x=idle)
+    found = invariants.check_sparse_scaling(broken)
+    assert len(found) == 1 and model in found[0] and words in found[0]
+
+
+def test_sparse_scaling_needs_both_points(healthy):
+    broken = copy.deepcopy(healthy)
+    broken["trials"] = [t for t in broken["trials"]
+                        if not (t["scenario"] == "sparse" and t["point"]["idle"] == 1000)]
+    assert len(invariants.check_sparse_scaling(broken)) == 3
+
+
+@pytest.mark.parametrize("model, value", [("thread", 2_000.0), ("fork", 20_000.0),
+                                          ("epoll", 50_000.0)])
+def test_memory_order_catches(healthy, model, value):
+    broken = _edit(healthy, "idle", model, _set("derived.pss_per_conn_bytes", value))
+    found = invariants.check_memory_order(broken)
+    assert len(found) == 1 and "fork > thread > epoll" in found[0]
+
+
+def test_cli_exit_status(tmp_path, healthy, capsys):
+    good = fake.write(healthy, tmp_path / "good")
+    bad = fake.write(_edit(healthy, "idle", "epoll", _set("server.cpu_util", 0.9)),
+                     tmp_path / "bad")
+    assert invariants.main([str(good)]) == 0
+    assert invariants.main([str(bad)]) == 1
+    assert "FAIL polling_idle_cpu" in capsys.readouterr().out
+    assert invariants.main([str(tmp_path / "missing")]) == 2
+    assert "bench.invariants:" in capsys.readouterr().err
+
+
+# -- the real quick run ----------------------------------------------------------------
+
+def quick_run_results(request) -> dict:
+    try:
+        run_dir = request.getfixturevalue("quick_run")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no quick_run fixture yet")
+    return load_results(run_dir)
+
+
+def test_quick_run_satisfies_every_invariant(request):
+    results = quick_run_results(request)
+    violations = {k: v for k, v in invariants.check_all(results).items() if v}
+    assert not violations, "\n".join(f"{k}: {line}" for k, v in violations.items()
+                                     for line in v)
+
