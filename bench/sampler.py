@@ -1,0 +1,228 @@
+"""Resource sampling of a server's whole process tree, from the orchestrator.
+
+Nothing runs inside the measured processes: a thread here reads /proc a few
+times a second (memory, threads, fds) and `mark()` takes exact CPU and
+context-switch snapshots at the moments the load generator opens and closes
+its measurement window, so CPU is a difference of two cumulative counters,
+not an integral of samples.
+
+CPU of a tree: with a cgroup (bench/cgroup.py) the kernel's counter for the
+group.  Otherwise psutil: the sum over the live processes of the tree of their
+own user+system time plus `children_*` -- the time of children they waited
+for.  A child that exited and was reaped is then counted exactly once, in its
+parent's `children_*`; a live one once, by itself; so a fork-per-client server
+is charged for every child, gone or not.
+
+Context switches are per task (the kernel keeps them per thread and /proc's
+per-process line shows only the main thread's), and a reaped task's count is
+not inherited by anyone, so the last value seen of every task is kept.
+Memory is summed over the tree: RSS (which counts shared pages once per
+process, so a forking server looks huge), USS and PSS (shared pages split
+between sharers: the honest "memory of the tree").
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.cgroup import CpuCgroup
+
+
+@dataclass
+class Mark:
+    t: float  # time.monotonic()
+    cpu: float  # total seconds
+    user: float  # user and system: only their ratio is used to split `cpu`
+    system: float
+    ctx_voluntary: int
+    ctx_involuntary: int
+
+
+@dataclass
+class MemorySample:
+    t: float
+    rss: int
+    uss: int
+    pss: int
+    threads: int
+    fds: int
+    procs: int
+
+
+@dataclass
+class TreeSampler:
+    pid: int
+    interval: float = 0.2
+    cgroup: CpuCgroup | None = None
+    samples: list[MemorySample] = field(default_factory=list)
+    marks: dict[str, Mark] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ctx_seen: dict[tuple[int, int], tuple[int, int]] = {}
+
+    @property
+    def cpu_source(self) -> str:
+        return "cgroup" if self.cgroup else "psutil"
+
+    # -- reading the tree -------------------------------------------------
+    def processes(self) -> list[psutil.Process]:
+        """The tree: the cgroup's members when there is one (a daemonised
+        grandchild cannot escape it), else the server and its descendants."""
+        if self.cgroup:
+            return [proc for pid in self.cgroup.procs() if (proc := _process(pid))]
+        root = _process(self.pid)
+        if root is None:
+            return []
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return [root]
+
+    def cpu(self) -> tuple[float, float, float]:
+        """Cumulative (total, user, system) seconds of the tree, reaped children included."""
+        if self.cgroup:
+            return self.cgroup.cpu()
+        user = system = 0.0
+        for proc in self.processes():
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue  # exited between listing and reading: its parent will count it
+            user += t.user + t.children_user
+            system += t.system + t.children_system
+        return user + system, user, system
+
+    def ctx(self) -> tuple[int, int]:
+        """Cumulative (voluntary, involuntary) switches of every task seen so far."""
+        for proc in self.processes():
+            for task in _tasks(proc.pid):
+                counts = _ctx_of(proc.pid, task)
+                if counts is not None:
+                    self._ctx_seen[(proc.pid, task)] = counts
+        return (sum(v for v, _ in self._ctx_seen.values()),
+                sum(i for _, i in self._ctx_seen.values()))
+
+    def sample(self, t: float | None = None) -> MemorySample:
+        rss = uss = pss = threads = fds = procs = 0
+        for proc in self.processes():
+            try:
+                with proc.oneshot():
+                    mem = proc.memory_full_info()
+                    threads += proc.num_threads()
+                    fds += proc.num_fds()
+            except psutil.Error:
+                continue
+            rss += mem.rss
+            uss += mem.uss
+            pss += getattr(mem, "pss", mem.uss)
+            procs += 1
+        one = MemorySample(time.monotonic() if t is None else t, rss, uss, pss, threads, fds, procs)
+        if procs:
+            self.samples.append(one)
+        return one
+
+    # -- driving ----------------------------------------------------------
+    def mark(self, name: str) -> Mark:
+        """Snapshot CPU and context switches now (then a memory sample)."""
+        with self._lock:
+            t = time.monotonic()
+            total, user, system = self.cpu()
+            vol, invol = self.ctx()
+            self.marks[name] = Mark(t, total, user, system, vol, invol)
+            self.sample(t)  # stamped with the mark's time, so it falls inside the window
+            return self.marks[name]
+
+    def tick(self) -> None:
+        with self._lock:
+            self.ctx()
+            self.sample()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    # -- results ----------------------------------------------------------
+    def stats(self, start: str = "start", end: str = "end", baseline: str | None = None) -> dict:
+        """The contract's "server" object for the window between two marks."""
+        a, b = self.marks[start], self.marks[end]
+        wall = b.t - a.t
+        cpu, user, system = b.cpu - a.cpu, b.user - a.user, b.system - a.system
+        share = user / (user + system) if user + system > 0 else 1.0
+        window = [s for s in self.samples if a.t <= s.t <= b.t] or self.samples[-1:]
+        out = {
+            "cpu_user_s": cpu * share, "cpu_system_s": cpu * (1 - share), "cpu_s": cpu,
+            "cpu_source": self.cpu_source, "wall_s": wall,
+            "cpu_util": cpu / wall if wall > 0 else None,
+            "ctx_voluntary": b.ctx_voluntary - a.ctx_voluntary,
+            "ctx_involuntary": b.ctx_involuntary - a.ctx_involuntary,
+            "samples": len(window),
+        }
+        out.update(_memory_stats(window))
+        if baseline is not None:
+            before = [s for s in self.samples if s.t <= self.marks[baseline].t]
+            out["pss_baseline_bytes"] = before[-1].pss if before else None
+        return out
+
+
+def _memory_stats(window: list[MemorySample]) -> dict:
+    if not window:
+        keys = ("rss_peak_bytes", "rss_mean_bytes", "uss_peak_bytes", "pss_peak_bytes",
+                "pss_mean_bytes", "threads_peak", "fds_peak", "procs_peak")
+        return dict.fromkeys(keys)
+    return {
+        "rss_peak_bytes": max(s.rss for s in window),
+        "rss_mean_bytes": statistics.fmean(s.rss for s in window),
+        "uss_peak_bytes": max(s.uss for s in window),
+        "pss_peak_bytes": max(s.pss for s in window),
+        "pss_mean_bytes": statistics.fmean(s.pss for s in window),
+        "threads_peak": max(s.threads for s in window),
+        "fds_peak": max(s.fds for s in window),
+        "procs_peak": max(s.procs for s in window),
+    }
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _tasks(pid: int) -> list[int]:
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit()]
+    except OSError:
+        return []
+
+
+def _ctx_of(pid: int, tid: int) -> tuple[int, int] | None:
+    try:
+        text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    except OSError:
+        return None
+    vol = invol = 0
+    for line in text.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            vol = int(line.split()[1])
+        elif line.startswith("nonvoluntary_ctxt_switches:"):
+            invol = int(line.split()[1])
+    return vol, invol

@@ -1,0 +1,124 @@
+"""The tree sampler against processes whose CPU, memory and switches are known.
+
+A burner tree spends a known amount of CPU (measured by each process on its
+own clock): the parent itself, a child that burns and exits mid-window (reaped
+with waitpid), and a child that burns and is still alive at the end.  The
+sampler must charge all three, exactly once each.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bench.cgroup import CpuCgroup
+from bench.sampler import TreeSampler
+from tests.support import kill_group, process_tree
+
+BURN_S = 0.3  # per burner; the tree burns 3 of them
+TICK = 0.011  # psutil reads 10 ms clock ticks: allow one per process
+
+BURNER = textwrap.dedent(f"""
+    import os, sys, time
+    def burn(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+    sys.stdin.readline()                     # go
+    exited = os.fork()
+    if exited == 0:
+        burn({BURN_S}); os._exit(0)
+    done_r, done_w = os.pipe()
+    alive = os.fork()
+    if alive == 0:
+        burn({BURN_S}); os.write(done_w, b"x")
+        for _ in range(100):                  # 100 voluntary switches, then wait
+            time.sleep(0.001)
+        os.write(done_w, b"y"); time.sleep(60); os._exit(0)
+    burn({BURN_S})
+    os.waitpid(exited, 0)
+    os.read(done_r, 1); os.read(done_r, 1)
+    block = bytearray(64 << 20)
+    for i in range(0, len(block), 4096):     # touch every page so it is resident
+        block[i] = 1
+    print("done", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.fixture
+def burner():
+    proc = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def _measure(proc: subprocess.Popen, cgroup: CpuCgroup | None) -> dict:
+    if cgroup is not None:
+        assert cgroup.add(proc.pid)
+    sampler = TreeSampler(proc.pid, interval=0.05, cgroup=cgroup)
+    sampler.start()
+    try:
+        sampler.mark("start")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+        sampler.mark("end")
+    finally:
+        sampler.stop()
+    return sampler.stats()
+
+
+def _check(stats: dict, tolerance: float) -> None:
+    expected = 3 * BURN_S
+    assert expected - tolerance <= stats["cpu_s"] <= expected + 0.25, stats
+    assert stats["cpu_s"] == pytest.approx(stats["cpu_user_s"] + stats["cpu_system_s"])
+    assert stats["procs_peak"] >= 2
+    assert stats["ctx_voluntary"] >= 100
+    assert stats["pss_peak_bytes"] >= 64 << 20
+    assert stats["rss_peak_bytes"] >= stats["pss_peak_bytes"] >= stats["uss_peak_bytes"] > 0
+    assert stats["wall_s"] > 0 and stats["samples"] >= 2
+
+
+def test_psutil_tree_counts_live_and_reaped_children_once(burner):
+    stats = _measure(burner, cgroup=None)
+    assert stats["cpu_source"] == "psutil"
+    _check(stats, tolerance=3 * TICK)
+
+
+def test_cgroup_counts_the_same_tree():
+    group = CpuCgroup.create("test-sampler")
+    if group is None:
+        pytest.skip("no writable CPU-accounting cgroup on this machine")
+    proc = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stats = _measure(proc, group)
+        assert stats["cpu_source"] == "cgroup"
+        _check(stats, tolerance=0.01)
+        assert set(group.procs()) == {proc.pid, *process_tree(proc.pid)}
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+        group.remove()
+    assert not group.path.exists()
+
+
+def test_sampler_survives_the_tree_vanishing(burner):
+    sampler = TreeSampler(burner.pid, interval=0.01)
+    sampler.mark("start")
+    kill_group(burner)
+    sampler.tick()
+    sampler.mark("end")
+    stats = sampler.stats()
+    assert stats["samples"] >= 1  # the sample taken while it was alive
+    assert sampler.cpu() == (0.0, 0.0, 0.0)
