@@ -100,18 +100,23 @@ def healthy_run(repeats: int = 5, seed: int = 1, run_id: str = "20261129T160000Z
     return run(trials, run_id)
 
 
+def holder(trial: dict, path: str) -> tuple[dict, str]:
+    """(the dict holding a dotted path's last key, that key)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        trial = trial[part]
+    return trial, leaf
+
+
 def scale(results: dict, model: str, path: str, factor: float,
           scenario: str | None = None) -> dict:
     """A copy with one model's metric (dotted path) multiplied by factor."""
     out = copy.deepcopy(results)
     for t in out["trials"]:
         if t["model"] == model and (scenario is None or t["scenario"] == scenario):
-            *parents, leaf = path.split(".")
-            holder = t
-            for part in parents:
-                holder = holder[part]
-            if holder.get(leaf) is not None:
-                holder[leaf] *= factor
+            obj, leaf = holder(t, path)
+            if obj.get(leaf) is not None:
+                obj[leaf] *= factor
     return out
 
 
@@ -120,3 +125,14 @@ def write(results: dict, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(results))
     return directory
+
+
+def set_values(results: dict, scenario: str, model: str, path: str,
+               values: list[float]) -> dict:
+    """A copy in which repeat i of one model's points has the metric (dotted path) values[i]."""
+    out = copy.deepcopy(results)
+    for t in out["trials"]:
+        if t["model"] == model and t["scenario"] == scenario:
+            obj, leaf = holder(t, path)
+            obj[leaf] = values[t["repeat"]]
+    return out

@@ -35,11 +35,8 @@ def _drop(results: dict, scenario: str, model: str) -> dict:
 
 def _set(path: str, value: object):
     def edit(trial: dict) -> None:
-        *parents, leaf = path.split(".")
-        holder = trial
-        for part in parents:
-            holder = holder[part]
-        holder[leaf] = value
+        obj, leaf = fake.holder(trial, path)
+        obj[leaf] = value
     return edit
 
 

@@ -1,0 +1,328 @@
+"""`muxbench compare BASE NEW`: which differences between two runs are real changes.
+
+Absolute times swing 3x between identical runs on these machines, so a raw
+NEW/BASE ratio says more about the weather than the code.  Each model is
+therefore read relative to a reference model measured in the same run, at the
+same point (epoll by default): the ratio is (NEW/NEW_ref) / (BASE/BASE_ref), and
+a machine that is uniformly slower cancels out.  A change counts only when that
+ratio passes a threshold AND a one-sided Mann-Whitney U test over the repeats
+(each divided by its own run's reference median) says it is unlikely to be
+chance -- the two tests pyperf and asv apply.  Everything else is noise, "~".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import mannwhitneyu
+
+from bench.results import (
+    TRIAL_STATUSES,
+    ResultsError,
+    group_points,
+    load_results,
+    metric,
+    resolve_run,
+)
+
+REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA, REFERENCE = (
+    "regression", "improvement", "noise", "too-few", "n/a", "reference")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    path: str
+    label: str
+    higher_is_worse: bool
+
+
+METRICS = (
+    Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),
+    Metric("p99_us", "derived.p99_us", "p99", True),
+    Metric("throughput_msgs_s", "derived.throughput_msgs_s", "throughput", False),
+    Metric("pss_per_conn_bytes", "derived.pss_per_conn_bytes", "PSS/conn", True),
+)
+STATUS = "status"  # pseudo-metric of a point that vanished or broke in NEW
+
+
+@dataclass
+class Cell:
+    """One (scenario point, model, metric) judged."""
+
+    scenario: str
+    model: str
+    protocol: str
+    x: object
+    metric: str
+    verdict: str
+    ratio: float | None = None
+    p_value: float | None = None
+    base_median: float | None = None
+    new_median: float | None = None
+    n_base: int = 0
+    n_new: int = 0
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    base: dict
+    new: dict
+    reference: str | None
+    threshold: float
+    alpha: float
+    cells: list[Cell]
+
+    def count(self, verdict: str) -> int:
+        return sum(c.verdict == verdict for c in self.cells)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.count(REGRESSION) else 0
+
+
+def min_p_value(n_base: int, n_new: int) -> float:
+    """The smallest one-sided exact Mann-Whitney p that n_base vs n_new repeats can reach."""
+    return 1.0 / math.comb(n_base + n_new, n_base)
+
+
+def _values(trials: list[dict] | None, path: str) -> list[float]:
+    return [v for v in (metric(t, path) for t in trials or ()) if v is not None]
+
+
+def _judge(cell: Cell, base: list[float], new: list[float], higher_is_worse: bool,
+           threshold: float, alpha: float) -> Cell:
+    """Fill in ratio, p and verdict from repeat values already divided by the reference."""
+    cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
+    if cell.base_median <= 0:
+        cell.verdict, cell.note = NA, "BASE median is 0"
+        return cell
+    ratio = cell.ratio = cell.new_median / cell.base_median
+    direction = "greater" if ratio >= 1 else "less"
+    cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
+    if 1 / threshold < ratio < threshold:
+        cell.verdict = NOISE
+    elif min_p_value(len(base), len(new)) >= alpha:
+        cell.verdict = TOO_FEW
+    elif cell.p_value < alpha:
+        cell.verdict = REGRESSION if (ratio > 1) == higher_is_worse else IMPROVEMENT
+    else:
+        cell.verdict = NOISE
+    return cell
+
+
+def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
+                   base_ref: list[dict] | None, new_ref: list[dict] | None,
+                   comparison: Comparison) -> list[Cell]:
+    scenario, model, protocol, x = key
+    cells = []
+    for m in METRICS:
+        base, new = _values(base_trials, m.path), _values(new_trials, m.path)
+        if not base and not new:
+            continue
+        cell = Cell(scenario, model, protocol, x, m.key, NA, n_base=len(base), n_new=len(new))
+        cells.append(cell)
+        if model == comparison.reference:
+            cell.verdict = REFERENCE
+            continue
+        if not base or not new:
+            cell.note = f"{m.label} missing in {'NEW' if base else 'BASE'}"
+            continue
+        if comparison.reference:
+            ref_b, ref_n = _values(base_ref, m.path), _values(new_ref, m.path)
+            if not ref_b or not ref_n or min(map(statistics.median, (ref_b, ref_n))) <= 0:
+                cell.note = f"no {comparison.reference} {m.label} to normalise by"
+                continue
+            base = [v / statistics.median(ref_b) for v in base]
+            new = [v / statistics.median(ref_n) for v in new]
+        _judge(cell, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
+    return cells
+
+
+def compare_runs(base: dict, new: dict, reference: str | None = "epoll",
+                 threshold: float = 1.25, alpha: float = 0.01) -> Comparison:
+    """Judge every (scenario point, model, metric) of BASE against NEW."""
+    comparison = Comparison(base, new, reference, threshold, alpha, [])
+    base_ok, new_ok = group_points(base), group_points(new)
+    new_any = group_points(new, TRIAL_STATUSES)
+    for key in sorted(set(base_ok) | set(new_ok), key=_order(base)):
+        scenario, model, protocol, x = key
+        if key not in new_ok:
+            broke = key in new_any
+            comparison.cells.append(Cell(
+                scenario, model, protocol, x, STATUS, REGRESSION if broke else NA,
+                n_base=len(base_ok[key]),
+                note="no ok trial in NEW" if broke else "not measured in NEW"))
+            continue
+        if key not in base_ok:
+            comparison.cells.append(Cell(scenario, model, protocol, x, STATUS, NA,
+                                         n_new=len(new_ok[key]), note="not measured in BASE"))
+            continue
+        ref_key = (scenario, reference, protocol, x)
+        comparison.cells.extend(_compare_point(key, base_ok[key], new_ok[key],
+                                               base_ok.get(ref_key), new_ok.get(ref_key),
+                                               comparison))
+    return comparison
+
+
+def _order(results: dict):
+    rank = {name: i for i, name in enumerate(results["scenarios"])}
+
+    def sort_key(key: tuple) -> tuple:
+        scenario, model, protocol, x = key
+        return (rank.get(scenario, len(rank)), scenario, protocol,
+                (0, x) if isinstance(x, (int, float)) else (1, str(x)), model)
+    return sort_key
+
+
+# -- presentation ------------------------------------------------------------------------
+
+STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", TOO_FEW: "yellow", NA: "dim",
+         REFERENCE: "dim", NOISE: ""}
+
+
+def _cell_text(cell: Cell) -> str:
+    if cell.verdict == REFERENCE:
+        return "ref"
+    if cell.ratio is None:
+        return "-"
+    text = f"{cell.ratio:.2f}"
+    if cell.verdict in (REGRESSION, IMPROVEMENT):
+        word = "worse" if cell.verdict == REGRESSION else "better"
+        return f"{text} {word}, p={cell.p_value:.3f}"
+    return f"{text} ~ (too few repeats)" if cell.verdict == TOO_FEW else f"{text} ~"
+
+
+def _worst(cells: list[Cell]) -> str:
+    for verdict in (REGRESSION, TOO_FEW, IMPROVEMENT):
+        if any(c.verdict == verdict for c in cells):
+            return verdict
+    return NOISE
+
+
+def render(comparison: Comparison, console: Console, changes_only: bool = False) -> None:
+    c = comparison
+    ref = (f"normalised by {c.reference} of the same run: (NEW/NEW {c.reference}) / "
+           f"(BASE/BASE {c.reference})" if c.reference else "raw NEW/BASE, not normalised")
+    table = Table(title=f"{c.base['run_id']} (BASE) -> {c.new['run_id']} (NEW)",
+                  caption=f"ratio {ref}; a change needs ratio past {c.threshold:g}x and "
+                          f"one-sided Mann-Whitney p < {c.alpha:g}; ~ = noise")
+    for name in ("scenario", "point", "model", *(m.label for m in METRICS), "note"):
+        table.add_column(name)
+    rows: dict[tuple, list[Cell]] = {}
+    for cell in c.cells:
+        rows.setdefault((cell.scenario, cell.x, cell.model, cell.protocol), []).append(cell)
+    for (scenario, x, model, protocol), cells in rows.items():
+        worst = _worst(cells)
+        if changes_only and worst == NOISE:
+            continue
+        by_metric = {cell.metric: cell for cell in cells}
+        texts = [(_cell_text(by_metric[m.key]), STYLE[by_metric[m.key].verdict])
+                 if m.key in by_metric else ("", "") for m in METRICS]
+        x_key = c.base["scenarios"].get(scenario, {}).get("x", "x")
+        table.add_row(scenario if protocol == "echo" else f"{scenario} ({protocol})",
+                      f"{x_key}={x}", model,
+                      *(f"[{style}]{text}[/]" if style else text for text, style in texts),
+                      "; ".join(cell.note for cell in cells if cell.note),
+                      style="bold" if worst == REGRESSION else None)
+    console.print(table)
+    summary = (f"{c.count(REGRESSION)} regression(s), {c.count(IMPROVEMENT)} improvement(s), "
+               f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats")
+    console.print(summary)
+    if c.count(TOO_FEW):
+        console.print(f"[yellow]note:[/] some changes could not be tested: at p < {c.alpha:g} "
+                      "a one-sided Mann-Whitney test needs about 5 repeats per side "
+                      "(`muxbench bench --repeats 5`).")
+
+
+def to_json(comparison: Comparison) -> dict:
+    c = comparison
+    return {
+        "base": c.base["run_id"], "new": c.new["run_id"], "reference": c.reference,
+        "threshold": c.threshold, "alpha": c.alpha,
+        "summary": {v: c.count(v) for v in (REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA)},
+        "exit_status": c.exit_status,
+        "cells": [asdict(cell) for cell in c.cells],
+    }
+
+
+# -- the sub-command ---------------------------------------------------------------------
+
+def _ratio_threshold(text: str) -> float:
+    value = float(text)
+    if not value > 1:
+        raise argparse.ArgumentTypeError("must be a ratio greater than 1, e.g. 1.25")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, e.g. 0.01")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Compare two runs point by point on CPU per message, p99 latency, throughput and\n"
+        "memory per connection. Each ratio NEW/BASE is normalised by a reference model of\n"
+        "the same run, so runs from different machines compare. A change counts only when\n"
+        "the ratio passes --threshold AND a one-sided Mann-Whitney U test over the repeats\n"
+        "gives p < --alpha; anything else is shown as ~ (noise).")
+    parser.epilog = (
+        "Repeats: with p < 0.01 the test needs about 5 repeats per side (5 vs 5 can reach\n"
+        "p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). A change past the threshold with\n"
+        "too few repeats is shown as '~ (too few repeats)' and does not fail.\n"
+        "Exit status: 0 no regression (improvements are fine), 1 a significant regression\n"
+        "or a point whose trials all failed in NEW, 2 unusable input (missing or malformed\n"
+        "file, other schema version, nothing in common).")
+    parser.add_argument("base", metavar="BASE", help="baseline run: directory, results.json "
+                        "or run id under --root")
+    parser.add_argument("new", metavar="NEW", help="the run to judge, same forms as BASE")
+    parser.add_argument("--root", default="results", help="where run ids are looked up "
+                        "(default: results)")
+    parser.add_argument("--threshold", type=_ratio_threshold, default=1.25,
+                        help="smallest ratio (or 1/ratio) that can count (default: 1.25)")
+    parser.add_argument("--alpha", type=_probability, default=0.01,
+                        help="significance level of the Mann-Whitney test (default: 0.01)")
+    parser.add_argument("--reference", default="epoll", help="model each run is normalised "
+                        "by; 'none' compares raw values (same machine only) (default: epoll)")
+    parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    parser.add_argument("--changes-only", action="store_true",
+                        help="show only rows with a change or too few repeats")
+
+
+def load_pair(base: str, new: str, root: str) -> tuple[dict, dict]:
+    """Both runs, or ResultsError with a one-line message."""
+    return (load_results(resolve_run(base, root)), load_results(resolve_run(new, root)))
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    reference = None if args.reference == "none" else args.reference
+    try:
+        base, new = load_pair(args.base, args.new, args.root)
+        comparison = compare_runs(base, new, reference, args.threshold, args.alpha)
+        if not any(cell.verdict != NA for cell in comparison.cells):
+            raise ResultsError("BASE and NEW have nothing in common: no point and metric "
+                               f"measured in both (with a {reference} reference)")
+    except ResultsError as exc:
+        print(f"muxbench compare: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(to_json(comparison), indent=1), file=out)
+    else:
+        # Piped output keeps whole rows rather than wrapping at rich's default 80 columns.
+        render(comparison, Console(file=out, width=None if out.isatty() else 160),
+               args.changes_only)
+    return comparison.exit_status

@@ -1,0 +1,200 @@
+"""`muxbench compare`: real changes are flagged, noise and machine speed are not."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import compare
+from bench.cli import main
+from tests import fake_results as fake
+from tests.support import MUXBENCH, ROOT
+
+CPU = "derived.cpu_per_msg_us"
+
+
+def _compare(tmp_path: Path, base: dict, new: dict, *extra: str) -> tuple[int, dict]:
+    """Exit status and --json verdicts of `muxbench compare BASE NEW`."""
+    base_dir = fake.write(base, tmp_path / "base")
+    new_dir = fake.write(new, tmp_path / "new")
+    json_path = tmp_path / "verdicts.json"
+    status = compare.run(_args(str(base_dir), str(new_dir), "--json", *extra),
+                         out=json_path.open("w"))
+    return status, json.loads(json_path.read_text())
+
+
+def _args(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    compare.configure(parser)
+    return parser.parse_args(argv)
+
+
+def _verdicts(report: dict, verdict: str) -> list[tuple]:
+    return [(c["scenario"], c["model"], c["x"], c["metric"])
+            for c in report["cells"] if c["verdict"] == verdict]
+
+
+@pytest.fixture
+def base() -> dict:
+    return fake.healthy_run(seed=1)
+
+
+@pytest.fixture
+def rerun() -> dict:
+    """The same code measured again: same medians, other jitter."""
+    return fake.healthy_run(seed=2, run_id="20261129T170000Z-quick")
+
+
+def test_a_run_against_itself_exits_0_with_no_change(tmp_path, base):
+    status, report = _compare(tmp_path, base, base)
+    assert status == 0
+    assert report["summary"]["regression"] == report["summary"]["improvement"] == 0
+    assert report["summary"]["noise"] > 10
+
+
+def test_one_model_with_doubled_cpu_per_message_exits_1(tmp_path, base, rerun):
+    status, report = _compare(tmp_path, base, fake.scale(rerun, "thread", CPU, 2.0))
+    assert status == 1
+    assert _verdicts(report, "regression") == [("echo_clients", "thread", 10, "cpu_per_msg_us")]
+    cell = next(c for c in report["cells"] if c["verdict"] == "regression")
+    assert 1.8 < cell["ratio"] < 2.2 and cell["p_value"] < 0.01
+
+
+def test_a_uniformly_slower_machine_is_not_a_regression(tmp_path, base, rerun):
+    slower = rerun
+    for model in {t["model"] for t in rerun["trials"]}:
+        slower = fake.scale(slower, model, CPU, 3.0)
+        slower = fake.scale(slower, model, "derived.p99_us", 3.0)
+        slower = fake.scale(slower, model, "derived.throughput_msgs_s", 1 / 3)
+    status, report = _compare(tmp_path, base, slower)
+    assert status == 0 and report["summary"]["regression"] == 0
+    # Without the reference the same data is a regression everywhere: normalisation matters.
+    status, _ = _compare(tmp_path, base, slower, "--reference", "none")
+    assert status == 1
+
+
+def test_lower_throughput_is_a_regression_and_lower_cpu_an_improvement(tmp_path, base, rerun):
+    new = fake.scale(rerun, "poll", "derived.throughput_msgs_s", 0.5)
+    new = fake.scale(new, "select", CPU, 0.5, scenario="echo_clients")
+    status, report = _compare(tmp_path, base, new)
+    assert status == 1
+    assert _verdicts(report, "regression") == [("echo_clients", "poll", 10, "throughput_msgs_s")]
+    assert _verdicts(report, "improvement") == [("echo_clients", "select", 10, "cpu_per_msg_us")]
+
+
+def test_only_improvements_exit_0(tmp_path, base, rerun):
+    status, report = _compare(tmp_path, base, fake.scale(rerun, "thread", CPU, 0.5))
+    assert status == 0 and len(_verdicts(report, "improvement")) == 1
+
+
+def test_a_significant_change_under_the_threshold_is_noise(tmp_path, base):
+    # Every repeat 1.2x its base counterpart: significant, but smaller than 1.25.
+    status, report = _compare(tmp_path, base, fake.scale(base, "thread", CPU, 1.2))
+    cell = next(c for c in report["cells"]
+                if c["model"] == "thread" and c["metric"] == "cpu_per_msg_us")
+    assert status == 0 and cell["verdict"] == "noise"
+    assert cell["p_value"] < 0.01 and cell["ratio"] == pytest.approx(1.2)
+
+
+def test_a_large_but_inconsistent_change_is_noise(tmp_path, base):
+    old = fake.set_values(base, "echo_clients", "thread", CPU, [10, 11, 12, 13, 14])
+    new = fake.set_values(base, "echo_clients", "thread", CPU, [8, 9, 16, 17, 18])
+    status, report = _compare(tmp_path, old, new)
+    cell = next(c for c in report["cells"]
+                if c["model"] == "thread" and c["metric"] == "cpu_per_msg_us")
+    assert status == 0 and cell["verdict"] == "noise"
+    assert cell["ratio"] > 1.25 and cell["p_value"] > 0.01
+
+
+def test_too_few_repeats_are_shown_not_silently_passed(tmp_path):
+    base = fake.healthy_run(repeats=3, seed=1)
+    new = fake.scale(fake.healthy_run(repeats=3, seed=2), "thread", CPU, 2.0)
+    status, report = _compare(tmp_path, base, new)
+    assert status == 0
+    assert _verdicts(report, "too-few") == [("echo_clients", "thread", 10, "cpu_per_msg_us")]
+    text = _table(tmp_path, base, new)
+    assert "~ (too few repeats)" in text and "5 repeats per side" in text
+
+
+def test_a_point_whose_trials_all_failed_in_new_is_a_regression(tmp_path, base, rerun):
+    for t in rerun["trials"]:
+        if t["model"] == "poll" and t["scenario"] == "echo_clients":
+            t["status"], t["reason"] = "failed", "server exited with status 1"
+    status, report = _compare(tmp_path, base, rerun)
+    assert status == 1
+    assert _verdicts(report, "regression") == [("echo_clients", "poll", 10, "status")]
+
+
+def test_min_p_value_matches_the_exact_mann_whitney_floor():
+    assert compare.min_p_value(5, 5) == pytest.approx(1 / 252)
+    assert compare.min_p_value(5, 5) < 0.01 <= compare.min_p_value(3, 3)
+
+
+def _table(tmp_path: Path, base: dict, new: dict) -> str:
+    out = tmp_path / "table.txt"
+    with out.open("w") as stream:
+        compare.run(_args(str(fake.write(base, tmp_path / "tb")),
+                          str(fake.write(new, tmp_path / "tn"))), out=stream)
+    return out.read_text()
+
+
+def test_table_marks_the_regression_for_people(tmp_path, base, rerun):
+    text = _table(tmp_path, base, fake.scale(rerun, "thread", CPU, 2.0))
+    row = next(line for line in text.splitlines() if "thread" in line and "echo_clients" in line)
+    assert "worse" in row and "p=0.00" in row
+    assert "1 regression(s)" in text
+
+
+@pytest.mark.parametrize("breakage, words", [
+    (lambda d: (d / "results.json").unlink(), "cannot read"),
+    (lambda d: (d / "results.json").write_text("{not json"), "not valid JSON"),
+    (lambda d: (d / "results.json").write_text(json.dumps({"schema_version": 99})),
+     "schema_version 99"),
+    (lambda d: (d / "results.json").write_text(json.dumps({"schema_version": 1})),
+     "missing key"),
+])
+def test_unusable_input_exits_2_with_one_line(tmp_path, base, capsys, breakage, words):
+    good = fake.write(base, tmp_path / "good")
+    bad = fake.write(base, tmp_path / "bad")
+    breakage(bad)
+    assert main(["compare", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muxbench compare: ") and words in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_command_reports_a_missing_run_without_a_traceback(tmp_path, base):
+    good = fake.write(base, tmp_path / "good")
+    proc = subprocess.run([*MUXBENCH, "compare", str(good), str(tmp_path / "absent")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("muxbench compare: no such run")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_runs_with_nothing_in_common_exit_2(tmp_path, base, capsys):
+    other = fake.run([fake.trial("churn", "epoll", {"clients": 5}, 0)])
+    assert main(["compare", str(fake.write(base, tmp_path / "a")),
+                 str(fake.write(other, tmp_path / "b"))]) == 2
+    assert "nothing in common" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--threshold", "0.9"], ["--alpha", "2"]])
+def test_bad_options_exit_2(tmp_path, base, option):
+    run_dir = str(fake.write(base, tmp_path / "run"))
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", run_dir, run_dir, *option])
+    assert exc.value.code == 2
+
+
+def test_help_explains_repeats_and_exit_status(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "5 repeats per side" in text and "Exit status" in text
