@@ -31,6 +31,10 @@ RECV_SIZE = 65536
 QUIT = b"/quit"
 
 
+class Unreachable(Exception):
+    """No connection could be made (bad host, nothing listening); a one-line reason."""
+
+
 class ServerGone(Exception):
     """The server closed or reset the connection before we left."""
 
@@ -72,26 +76,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(host: str, port: int) -> socket.socket:
-    """A connected socket, or OSError with a message fit for one line."""
+    """A connected, non-blocking socket, or Unreachable."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        sock = socket.create_connection((host, port), timeout=10)
     except socket.gaierror as exc:
-        raise OSError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    reason = "no address"
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
-        sock.settimeout(10)
-        try:
-            sock.connect(addr)
-        except OSError as exc:
-            sock.close()
-            reason = exc.strerror or str(exc)
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        return sock
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    raise OSError(f"cannot connect to {shown}: {reason}")
+        raise Unreachable(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise Unreachable(f"cannot connect to {shown}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
 
 
 class PlainConsole:
@@ -147,10 +142,8 @@ class ReadlineConsole:
         self._end = ctypes.c_int.in_dll(lib, "rl_end")
         self._lines: list[bytes | None] = []
         self._handler = self._HANDLER(self._on_line)  # kept alive: readline holds it
-        self._prompt = prompt.encode()
-        self._installed = False
         readline.parse_and_bind("tab: tab-insert")  # no completion in a chat line
-        lib.rl_callback_handler_install(self._prompt, self._handler)
+        lib.rl_callback_handler_install(prompt.encode(), self._handler)
         self._installed = True
 
     def _on_line(self, line: int | None) -> None:
@@ -312,7 +305,7 @@ class Session:
 def run(args: argparse.Namespace) -> int:
     try:
         sock = connect(args.host, args.port)
-    except OSError as exc:
+    except Unreachable as exc:
         print(f"muxbench chat: {exc}", file=sys.stderr)
         return 2
     console = open_console(args.name)

@@ -37,6 +37,18 @@ def is_zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _take_terminal() -> None:
+    # As a login shell would: the pty becomes the controlling terminal of the
+    # client's new session, so Ctrl-C typed on it sends SIGINT to the client.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def terminal_is_sane(fd: int) -> bool:
+    """Line editing and echo back on, as they were before the client ran."""
+    lflag = termios.tcgetattr(fd)[3]
+    return bool(lflag & termios.ICANON) and bool(lflag & termios.ECHO)
+
+
 class PtyClient:
     """`muxbench chat` with a pseudo-terminal as its stdin and stdout."""
 
@@ -49,7 +61,7 @@ class PtyClient:
             self.proc = subprocess.Popen(
                 [*MUXBENCH, "chat", "--port", str(port), "--name", name],
                 stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_take_terminal,
             )
         except BaseException:
             os.close(master)
@@ -172,12 +184,26 @@ def test_quit_and_ctrl_d_leave_cleanly(chat_server):
         alice.say("bye")
         alice.type("/quit\r")
         assert alice.wait() == (0, "")
+        assert terminal_is_sane(alice.master)
         bob.say("after alice")
         bob.type("\x04")  # Ctrl-D on an empty line: end of input
         assert bob.wait() == (0, "")
         carol.expect("[bob] : after alice")
         carol.say("last one")
         assert b"/quit" not in carol.output  # a command, never sent as a line
+
+
+def test_ctrl_c_interrupts_and_restores_the_terminal(chat_server):
+    with pty_clients(chat_server.port, "alice") as (alice,):
+        alice.say("hello")
+        alice.type("unfinished")
+        alice.expect("unfinished")
+        assert not terminal_is_sane(alice.master)  # readline reads key by key
+        alice.type("\x03")
+        status, err = alice.wait()
+        assert status == 130
+        assert err.strip() == "muxbench chat: interrupted"
+        assert terminal_is_sane(alice.master)
 
 
 def test_server_death_ends_client_at_once_without_spinning(chat_server):
@@ -189,10 +215,13 @@ def test_server_death_ends_client_at_once_without_spinning(chat_server):
         assert cpu_seconds(pid) - before < 0.2, "idle client is burning CPU"
         os.killpg(chat_server.proc.pid, signal.SIGKILL)
         # The textbook client ignores recv() == 0 and loops forever at 100% CPU.
-        assert wait_for(lambda: is_zombie(pid), timeout=TIMEOUT), "client still running"
-        assert cpu_seconds(pid) - before < 0.5
+        exited = wait_for(lambda: is_zombie(pid), timeout=TIMEOUT)
+        spent = cpu_seconds(pid) - before
+        assert exited, f"client still running, {spent:.2f} s of CPU since the server died"
+        assert spent < 0.5
         status, err = alice.wait()
         assert status == 1
+        assert terminal_is_sane(alice.master)
         assert err.strip() == "muxbench chat: server closed the connection"
 
 
