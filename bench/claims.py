@@ -1,0 +1,164 @@
+"""The seed's comparison tables and word-only claims, re-made with measured numbers.
+
+The seed (chapter 4 notes) compares polling, selecting and interrupt-driven I/O,
+and event-driven against polling chat, in words ("low", "high", "delayed by the
+polling period").  Each table here keeps its rows and puts a measured median
+with its unit, and the point it was measured at, in every cell that was a word.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench.measures import (
+    CPU,
+    CPU_PER_MSG,
+    P50,
+    P99,
+    PSS,
+    Metric,
+    Run,
+    fmt,
+    fmt_ratio,
+    fmt_x,
+)
+from bench.tables import Cell, Table
+
+# The seed's three ways to learn that a socket is ready, and the models that show each.
+MECHANISMS = [
+    ("polling", "polling (폴링)", "the CPU keeps trying every socket"),
+    ("select", "selecting (셀렉팅)", "select(2): fd bitmaps copied and scanned per call"),
+    ("poll", "selecting (셀렉팅)", "poll(2): an fd array scanned per call"),
+    ("epoll", "selecting (셀렉팅)", "epoll(7): the kernel keeps the list, reports ready fds"),
+    ("epoll-et", "selecting (셀렉팅)", "epoll(7) edge-triggered"),
+    ("sigio", "interrupt (인터럽트)", "SIGIO wakes the process, which rescans its sockets"),
+]
+EVENT_DRIVEN = ("epoll", "epoll-et", "select", "poll", "asyncio", "uvloop")
+
+
+def value_at(run: Run, scenario: str, model: str, m: Metric, x: Any) -> str:
+    """A median with its unit; with the point when x is not already in the header."""
+    if x is None:
+        last = run.last_ok(scenario, model, m)
+        if last is None:
+            return "not measured"
+        return f"{fmt(last[1], m.unit)} at {fmt_x(last[0])} {run.x_label(scenario)}"
+    value = run.median(scenario, model, x, m)
+    return "not measured" if value is None else fmt(value, m.unit)
+
+
+def header(run: Run, scenario: str, text: str, x: Any) -> str:
+    return f"{text} at {run.x_label(scenario)} = {fmt_x(x)}" if x is not None else text
+
+
+def _limits(run: Run, model: str) -> Cell:
+    """What stopped this model, or how its cost grew, as measured."""
+    cell = []
+    for scenario in run.scenarios:
+        dead = [p for p in run.points(scenario, model) if not p.ok and p.failed]
+        if dead:
+            reason = (dead[0].failed[0].get("reason") or "no reason recorded")[:70]
+            cell.append(f"failed at {fmt_x(dead[0].x)} {run.x_label(scenario)}: {reason}")
+    sparse = [p for p in run.points("sparse", model) if p.median(CPU_PER_MSG) is not None]
+    if len(sparse) >= 2:
+        a, b = sparse[0], sparse[-1]
+        cell.append(f"CPU/msg {fmt(a.median(CPU_PER_MSG), 'us')} -> "
+                    f"{fmt(b.median(CPU_PER_MSG), 'us')} from {fmt_x(a.x)} to "
+                    f"{fmt_x(b.x)} {run.x_label('sparse')}")
+    return cell or ["no limit reached in this run"]
+
+
+def mechanism_table(run: Run) -> Table:
+    models = [row for row in MECHANISMS if row[0] in run.models()]
+    names = [row[0] for row in models]
+    idle_x = run.common_x("idle", [m for m in names if m in run.models("idle")], CPU)
+    load_x = run.common_x("cpu_vs_clients", [m for m in names
+                                             if m in run.models("cpu_vs_clients")], CPU_PER_MSG)
+    table = Table(
+        title="Polling / selecting / interrupt, measured (seed 4.1, 다중화)",
+        columns=["approach", "model", "how it works", header(run, "idle", "CPU at idle", idle_x),
+                 header(run, "cpu_vs_clients", "CPU per message", load_x),
+                 header(run, "cpu_vs_clients", "p99 latency", load_x), "limits (measured)"],
+        caption="Medians of the ok repeats; the seed's words replaced by the run's numbers.")
+    for model, approach, how in models:
+        table.add(approach, model, how, value_at(run, "idle", model, CPU, idle_x),
+                  value_at(run, "cpu_vs_clients", model, CPU_PER_MSG, load_x),
+                  value_at(run, "cpu_vs_clients", model, P99, load_x), _limits(run, model))
+    if not models:
+        table.notes.append("None of the models of this comparison was measured.")
+        return table
+    idle = sorted((run.median("idle", m, idle_x, CPU), m) for m in names
+                  if idle_x is not None and run.median("idle", m, idle_x, CPU))
+    if len(idle) >= 2:
+        (lo, lo_m), (hi, hi_m) = idle[0], idle[-1]
+        table.sentences.append(
+            f"With {fmt_x(idle_x)} idle clients {lo_m} used {fmt(lo, 'core')} of a core and "
+            f"{hi_m} {fmt(hi, 'core')}: {fmt_ratio(hi / lo)} more.")
+    return table
+
+
+def chat_table(run: Run) -> Table:
+    ev = next((m for m in EVENT_DRIVEN if run.points("chat_fanout", m)), None)
+    table = Table(title="Event-driven vs polling chat, measured (seed 4.4)",
+                  columns=["aspect", f"event-driven ({ev or 'not measured'})", "polling",
+                           "polling / event-driven"],
+                  caption="Chat rows from `chat_fanout`, at the largest room both served.")
+    pair = [m for m in (ev, "polling") if m]
+    room = run.common_x("chat_fanout", pair, P99) if len(pair) == 2 else None
+    idle_x = run.common_x("idle", pair, CPU) if len(pair) == 2 else None
+    table.add("message handling", "a readiness event wakes the server",
+              "the server re-checks every socket in a loop", "")
+    rows = [("CPU use", "chat_fanout", CPU, room), ("CPU use with idle clients", "idle", CPU,
+                                                     idle_x),
+            ("delay, p50", "chat_fanout", P50, room), ("delay, p99", "chat_fanout", P99, room)]
+    for label, scenario, m, x in rows:
+        cells = [value_at(run, scenario, model, m, x) if model else "not measured"
+                 for model in (ev, "polling")]
+        a, b = ((run.median(scenario, model, x, m) if model and x is not None else None)
+                for model in (ev, "polling"))
+        table.add(header(run, scenario, label, x), *cells,
+                  fmt_ratio(b / a) if a and b else "n/a")
+    table.add("delay added by sleeping between sweeps", "no sweep: woken by the kernel",
+              _interval_delay(run), "")
+    growth = [_growth(run, "chat_fanout", model, P99) for model in (ev, "polling")]
+    table.add("scalability: p99 growth over the room sizes", *growth, "")
+    sparse = [_growth(run, "sparse", model, CPU_PER_MSG) for model in (ev, "polling")]
+    table.add("scalability: CPU/msg growth with idle fds", *sparse, "")
+    if ev and room is not None:
+        cpu = [run.median("chat_fanout", m, room, CPU) for m in pair]
+        p99 = [run.median("chat_fanout", m, room, P99) for m in pair]
+        if all(cpu) and all(p99):
+            table.sentences.append(
+                f"In a room of {fmt_x(room)} the polling server burned {fmt(cpu[1], 'core')} "
+                f"of a core against {fmt(cpu[0], 'core')} for {ev} "
+                f"({fmt_ratio(cpu[1] / cpu[0])}), and its p99 delay was "
+                f"{fmt_ratio(p99[1] / p99[0])} {ev}'s.")
+    return table
+
+
+def _interval_delay(run: Run) -> Cell:
+    points = [p for p in run.points("polling_interval", "polling") if p.median(P50) is not None]
+    if not points:
+        return ["not measured"]
+    return [f"p50 {fmt(p.median(P50), 'us')} at {run.x_label('polling_interval')} = "
+            f"{fmt_x(p.x)}" for p in points]
+
+
+def _growth(run: Run, scenario: str, model: str | None, m: Metric) -> str:
+    points = [p for p in run.points(scenario, model or "") if p.median(m) is not None]
+    if len(points) < 2:
+        return "not measured"
+    a, b = points[0], points[-1]
+    return (f"{fmt_ratio(b.median(m) / a.median(m))} ({fmt(a.median(m), m.unit)} -> "
+            f"{fmt(b.median(m), m.unit)}, {fmt_x(a.x)} -> {fmt_x(b.x)})")
+
+
+def pss_slope(run: Run, model: str) -> float | None:
+    """Bytes of PSS each extra idle connection adds: a least-squares line over the medians."""
+    pts = [(p.x, p.median(PSS)) for p in run.points("idle", model) if p.median(PSS)]
+    if len(pts) < 2:
+        return None
+    xs, ys = zip(*pts, strict=True)
+    return float(np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)[0])

@@ -1,0 +1,150 @@
+"""Sentences computed from the numbers: who wins where, by how much, where the curves cross.
+
+Every sentence is built from medians of the run; with other data it says other
+things (or nothing, when there is not enough to compare).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.measures import (
+    CPU,
+    P50,
+    REFERENCE,
+    Metric,
+    Run,
+    fmt,
+    fmt_ratio,
+    fmt_x,
+    knee,
+    scenario_metrics,
+)
+
+
+def _at(run: Run, scenario: str, x: Any) -> str:
+    return f"{run.x_label(scenario)} = {fmt_x(x)}"
+
+
+def ranked(run: Run, scenario: str, x: Any, m: Metric) -> list[tuple[str, float]]:
+    """Contenders (not the C reference) with a median at x, best first."""
+    values = [(model, run.median(scenario, model, x, m)) for model in run.models(scenario)
+              if model != REFERENCE]
+    present = [(model, v) for model, v in values if v is not None]
+    return sorted(present, key=lambda mv: mv[1], reverse=not m.lower_is_better)
+
+
+def ratio(a: float, b: float) -> float | None:
+    """How many times a is b (None when b is zero)."""
+    return a / b if b else None
+
+
+def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
+    ranking = ranked(run, scenario, x, m)
+    if len(ranking) < 2:
+        return []
+    (best, bv), (worst, wv) = ranking[0], ranking[-1]
+    low, high = ("lowest", "highest") if m.lower_is_better else ("highest", "lowest")
+    text = (f"At {_at(run, scenario, x)}, {best} had the {low} {m.label} ({fmt(bv, m.unit)}) "
+            f"and {worst} the {high} ({fmt(wv, m.unit)})")
+    factor = ratio(wv, bv) if m.lower_is_better else ratio(bv, wv)
+    if factor is not None:
+        text += f": {fmt_ratio(factor)} {'more' if m.lower_is_better else 'less'}"
+    sentences = [text + "."]
+    ref = run.median(scenario, REFERENCE, x, m)
+    if ref:
+        gap = ratio(bv, ref) if m.lower_is_better else ratio(ref, bv)
+        sentences.append(f"The C reference measured {fmt(ref, m.unit)} there, so the best "
+                         f"Python model is {fmt_ratio(gap)} off the limit.")
+    return sentences
+
+
+def _lead(run: Run, scenario: str, m: Metric) -> list[str]:
+    """Either where the lead changes hands, or how the leader scales."""
+    leaders = []
+    for x in run.xs(scenario):
+        ranking = ranked(run, scenario, x, m)
+        if len(ranking) >= 2:
+            leaders.append((x, ranking[0][0]))
+    if len(leaders) < 2:
+        return []
+    changes = [(leaders[i - 1], leaders[i]) for i in range(1, len(leaders))
+               if leaders[i][1] != leaders[i - 1][1]]
+    if changes:
+        parts = [f"{a} leads at {fmt_x(xa)} but {b} at {fmt_x(xb)}"
+                 for (xa, a), (xb, b) in changes]
+        return [f"The lead in {m.label} changes with {run.x_label(scenario)}: "
+                + "; ".join(parts) + "."]
+    leader = leaders[0][1]
+    (x0, _), (x1, _) = leaders[0], leaders[-1]
+    v0, v1 = (run.median(scenario, leader, x, m) for x in (x0, x1))
+    growth = ratio(v1, v0)
+    change = f" ({fmt_ratio(growth)})" if growth is not None else ""
+    return [f"{leader} leads at every {run.x_label(scenario)} value compared; from {fmt_x(x0)} "
+            f"to {fmt_x(x1)} its {m.label} went from {fmt(v0, m.unit)} to {fmt(v1, m.unit)}"
+            f"{change}."]
+
+
+def _failures(run: Run, scenario: str) -> list[str]:
+    sentences = []
+    for model in run.models(scenario):
+        dead = [p.x for p in run.points(scenario, model) if not p.ok and p.failed]
+        if dead:
+            xs = ", ".join(fmt_x(x) for x in dead)
+            sentences.append(f"{model} failed every repeat at {run.x_label(scenario)} = {xs}.")
+    return sentences
+
+
+def _knees(run: Run, scenario: str) -> list[str]:
+    found, none = [], []
+    for model in run.models(scenario):
+        k = knee(run, scenario, model)
+        if k is not None:
+            found.append((k, model))
+        elif run.points(scenario, model):
+            none.append(model)
+    if not found and not none:
+        return []
+    parts = [f"{model} at {fmt_x(k)}" for k, model in sorted(found, key=lambda km: km[0])]
+    text = "Knee (under 90 % of the offered load delivered, or p99 above 10x its value " \
+           "at the lowest load): " + ("; ".join(parts) if parts else "none")
+    if none:
+        top = fmt_x(run.xs(scenario)[-1])
+        text += f"; no knee up to {top} for " + ", ".join(none)
+    return [text + "."]
+
+
+def _tradeoff(run: Run, scenario: str) -> list[str]:
+    sentences = []
+    for model in run.models(scenario):
+        pts = [p for p in run.points(scenario, model)
+               if p.median(CPU) is not None and p.median(P50) is not None]
+        if len(pts) < 2:
+            continue
+        a, b = pts[0], pts[-1]
+        cut = ratio(a.median(CPU), b.median(CPU))
+        cpu_change = f" ({fmt_ratio(cut)} less)" if cut and cut >= 1 else ""
+        sentences.append(
+            f"Going from {_at(run, scenario, a.x)} to {fmt_x(b.x)}, {model}'s CPU went from "
+            f"{fmt(a.median(CPU), CPU.unit)} to {fmt(b.median(CPU), CPU.unit)}{cpu_change} "
+            f"and its p50 latency from {fmt(a.median(P50), 'us')} to "
+            f"{fmt(b.median(P50), 'us')}.")
+    return sentences
+
+
+EXTRA = {"open_loop": _knees, "polling_interval": _tradeoff}
+
+
+def scenario_sentences(run: Run, scenario: str) -> list[str]:
+    m = scenario_metrics(scenario)[0]
+    # Compare where the most contenders were measured; ties go to the larger x.
+    candidates = [(len(ranked(run, scenario, x, m)), i, x)
+                  for i, x in enumerate(run.xs(scenario))]
+    sentences = []
+    if candidates:
+        _, _, x = max(candidates)
+        sentences += _extremes(run, scenario, x, m)
+    sentences += _lead(run, scenario, m)
+    if scenario in EXTRA:
+        sentences += EXTRA[scenario](run, scenario)
+    return sentences + _failures(run, scenario)

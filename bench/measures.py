@@ -1,0 +1,232 @@
+"""What the report measures: metrics, units, model colours and per-point summaries.
+
+Tables, plots and computed sentences all read the run through this module, so a
+number printed in REPORT.md, drawn in a PNG and quoted in a sentence is the same
+median of the same repeats, formatted with the same unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.results import group_points, metric, summary
+
+REFERENCE = "c-epoll"  # the C server: drawn as the limit, never a contender
+
+# One fixed colour per model, in every plot.
+COLOURS: dict[str, str] = {
+    "polling": "#d62728",
+    "select": "#ff7f0e",
+    "poll": "#bcbd22",
+    "epoll": "#1f77b4",
+    "epoll-et": "#17becf",
+    "sigio": "#9467bd",
+    "thread": "#2ca02c",
+    "fork": "#8c564b",
+    "asyncio": "#e377c2",
+    "uvloop": "#7f7f7f",
+    REFERENCE: "#000000",
+}
+MODEL_ORDER = list(COLOURS)
+
+
+def colour(model: str) -> str:
+    # A model this module does not know yet still gets a stable colour.
+    return COLOURS.get(model, f"C{sum(map(ord, model)) % 10}")
+
+
+def model_sort_key(model: str) -> tuple[int, str]:
+    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+@dataclass(frozen=True)
+class Metric:
+    path: str  # dotted path into a trial (bench.results.metric)
+    label: str
+    unit: str  # "us", "core", "bytes", "msgs", "conns", "count"
+    lower_is_better: bool = True
+
+
+CPU = Metric("server.cpu_util", "server CPU", "core")
+CPU_PER_MSG = Metric("derived.cpu_per_msg_us", "CPU per message", "us")
+CTX_PER_MSG = Metric("derived.ctx_per_msg", "context switches per message", "count")
+PSS = Metric("server.pss_peak_bytes", "PSS (peak)", "bytes")
+PSS_PER_CONN = Metric("derived.pss_per_conn_bytes", "PSS per connection", "bytes")
+THROUGHPUT = Metric("load.throughput_msgs_s", "throughput", "msgs", lower_is_better=False)
+P50 = Metric("load.latency_us.p50", "p50 latency", "us")
+P99 = Metric("load.latency_us.p99", "p99 latency", "us")
+SERVICE_P99 = Metric("load.service_time_us.p99", "p99 service time", "us")
+CONN_RATE = Metric("load.connections_per_s", "connections", "conns", lower_is_better=False)
+OFFERED = Metric("load.rate", "offered load", "msgs", lower_is_better=False)
+
+UNIT_NAMES = {"us": "µs", "core": "% of a core", "bytes": "MiB", "msgs": "msgs/s",
+              "conns": "conn/s", "count": "per msg"}
+
+
+def _sig3(value: float) -> str:
+    """Three significant figures, never in exponent notation."""
+    if value == 0:
+        return "0"
+    digits = math.floor(math.log10(abs(value)))
+    if digits >= 2:
+        return f"{round(value, 2 - digits):,.0f}"
+    return f"{value:.{2 - digits}f}"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    """A value with its unit, scaled to a readable prefix."""
+    if value is None:
+        return "n/a"
+    if unit == "us":
+        if abs(value) >= 1e6:
+            return f"{_sig3(value / 1e6)} s"
+        if abs(value) >= 1e3:
+            return f"{_sig3(value / 1e3)} ms"
+        return f"{_sig3(value)} µs"
+    if unit == "core":
+        return f"{_sig3(value * 100)} %"
+    if unit == "bytes":
+        if abs(value) >= 1 << 20:
+            return f"{_sig3(value / (1 << 20))} MiB"
+        if abs(value) >= 1 << 10:
+            return f"{_sig3(value / (1 << 10))} KiB"
+        return f"{_sig3(value)} B"
+    if unit == "count":
+        return _sig3(value)
+    return f"{_sig3(value)} {UNIT_NAMES[unit]}"
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{_sig3(ratio)}x"
+
+
+def fmt_x(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+@dataclass
+class Point:
+    """Every repeat at one (scenario, model, x): the ok ones and the rest."""
+
+    x: Any
+    ok: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    invalid: list[dict] = field(default_factory=list)
+
+    def stat(self, m: Metric) -> dict:
+        return summary(metric(t, m.path) for t in self.ok)
+
+    def median(self, m: Metric) -> float | None:
+        return self.stat(m)["median"]
+
+
+class Run:
+    """A loaded results.json, indexed by scenario and model."""
+
+    def __init__(self, results: dict) -> None:
+        self.results = results
+        self.env: dict = results.get("environment") or {}
+        self.scenarios: dict[str, dict] = results["scenarios"]
+        self._points: dict[tuple[str, str], dict[Any, Point]] = {}
+        grouped = group_points(results, statuses=("ok", "failed", "invalid"))
+        for (scenario, model, _protocol, x), trials in grouped.items():
+            per_x = self._points.setdefault((scenario, model), {})
+            point = per_x.setdefault(x, Point(x))
+            for trial in trials:
+                getattr(point, trial["status"]).append(trial)
+
+    def models(self, scenario: str | None = None) -> list[str]:
+        found = {m for (s, m) in self._points if scenario is None or s == scenario}
+        return sorted(found, key=model_sort_key)
+
+    def xs(self, scenario: str) -> list[Any]:
+        found = {x for (s, _), per_x in self._points.items() if s == scenario for x in per_x}
+        return sorted(found, key=_x_key)
+
+    def points(self, scenario: str, model: str) -> list[Point]:
+        per_x = self._points.get((scenario, model), {})
+        return [per_x[x] for x in sorted(per_x, key=_x_key)]
+
+    def point(self, scenario: str, model: str, x: Any) -> Point | None:
+        return self._points.get((scenario, model), {}).get(x)
+
+    def median(self, scenario: str, model: str, x: Any, m: Metric) -> float | None:
+        point = self.point(scenario, model, x)
+        return point.median(m) if point else None
+
+    def measured(self, scenario: str) -> bool:
+        return any(p.ok for model in self.models(scenario) for p in self.points(scenario, model))
+
+    def x_label(self, scenario: str) -> str:
+        meta = self.scenarios.get(scenario, {})
+        return meta.get("x_label") or meta.get("x") or "x"
+
+    def common_x(self, scenario: str, models: list[str], m: Metric) -> Any:
+        """The largest x at which every given model has a median of `m`, else None."""
+        shared = [x for x in self.xs(scenario)
+                  if all(self.median(scenario, model, x, m) is not None for model in models)]
+        return shared[-1] if shared else None
+
+    def last_ok(self, scenario: str, model: str, m: Metric) -> tuple[Any, float] | None:
+        """The largest x with a median of `m` for this model, and that median."""
+        for point in reversed(self.points(scenario, model)):
+            value = point.median(m)
+            if value is not None:
+                return point.x, value
+        return None
+
+
+def _x_key(x: Any) -> tuple[int, Any]:
+    # Numbers in numeric order; anything else after them, as text.
+    return (0, x) if isinstance(x, (int, float)) else (1, str(x))
+
+
+def knee(run: Run, scenario: str, model: str, latency: Metric = P99) -> Any:
+    """The lowest offered load at which this model stopped keeping up, or None.
+
+    Stopped keeping up: it delivered under 90 % of the offered rate, or its p99
+    response time rose above ten times the p99 at the lowest offered load.
+    """
+    points = [p for p in run.points(scenario, model) if p.median(latency) is not None]
+    if not points:
+        return None
+    base = points[0].median(latency)
+    for point in points:
+        achieved, offered = point.median(THROUGHPUT), point.median(OFFERED)
+        if offered and achieved is not None and achieved < 0.9 * offered:
+            return point.x
+        if base and point.median(latency) > 10 * base:
+            return point.x
+    return None
+
+
+DELIVERY_P99 = Metric(P99.path, "p99 delivery latency", "us")
+RESPONSE_P99 = Metric(P99.path, "p99 response time", "us")
+
+# The scenarios in report order, each with the metrics its table shows (the first
+# is the one its sentences rank models by).
+SCENARIO_METRICS: dict[str, tuple[Metric, ...]] = {
+    "cpu_vs_clients": (CPU, CPU_PER_MSG),
+    "idle": (CPU, PSS),
+    "echo_clients": (THROUGHPUT, P99),
+    "echo_size": (THROUGHPUT, CPU_PER_MSG),
+    "open_loop": (RESPONSE_P99, THROUGHPUT),
+    "chat_fanout": (DELIVERY_P99, CPU),
+    "sparse": (CPU_PER_MSG, P99),
+    "churn": (CONN_RATE, P99),
+    "polling_interval": (CPU, P50),
+}
+DEFAULT_METRICS = (CPU, P99)
+
+
+def scenario_order(run: Run) -> list[str]:
+    extra = sorted(s for s in run.scenarios if s not in SCENARIO_METRICS)
+    return list(SCENARIO_METRICS) + extra
+
+
+def scenario_metrics(scenario: str) -> tuple[Metric, ...]:
+    return SCENARIO_METRICS.get(scenario, DEFAULT_METRICS)

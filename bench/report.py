@@ -1,0 +1,143 @@
+"""`muxbench report [RUN]`: REPORT.md, the PNGs and the terminal tables, from one results.json.
+
+Nothing here measures anything: every figure is recomputed from the run's raw
+trials, so the report of an old run can be regenerated at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from bench.assertions import ipc_table, lock_table, memory_table
+from bench.claims import chat_table, mechanism_table
+from bench.findings import scenario_sentences
+from bench.measures import Run, scenario_order
+from bench.results import ResultsError, load_results, resolve_run
+from bench.tables import (
+    Table,
+    environment_table,
+    not_measured_table,
+    print_rich,
+    scenario_table,
+    to_markdown,
+)
+
+REPORT_FILE = "REPORT.md"
+PLOT_SUBDIR = "plots"  # inside the run directory, so REPORT.md is self-contained
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write RUN/REPORT.md and the plots (PNG) from a run's results.json, and print the "
+        "tables. The PNGs go into RUN/plots/ (linked from REPORT.md) and are copied to --plots.")
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help="a run directory, a results.json file, or a run id under --root "
+                             "(default: ROOT/latest)")
+    parser.add_argument("--plots", default="plots", metavar="DIR",
+                        help="also copy the PNGs here (default: plots/)")
+    parser.add_argument("--root", default="results", metavar="DIR",
+                        help="where runs live (default: results/)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="do not print the tables to the terminal")
+
+
+def _load(arg: str | None, root: str) -> tuple[Path, dict]:
+    given = Path(arg) if arg else None
+    if given is not None and given.is_file():
+        # Any file name is accepted; the report goes next to it.
+        return given.resolve().parent, load_results(given)
+    run_dir = resolve_run(arg, root)
+    return run_dir, load_results(run_dir)
+
+
+def build_tables(run: Run) -> tuple[list[Table], list[tuple[str, Table]]]:
+    """The seed comparisons and, per scenario in report order, its table with sentences."""
+    seed = [mechanism_table(run), chat_table(run), ipc_table(run), lock_table(run),
+            memory_table(run)]
+    per_scenario = []
+    for scenario in scenario_order(run):
+        if run.xs(scenario):
+            table = scenario_table(run, scenario)
+            table.sentences = scenario_sentences(run, scenario)
+        else:
+            table = not_measured_table(run, scenario)
+        per_scenario.append((scenario, table))
+    return seed, per_scenario
+
+
+def render_markdown(run: Run, seed: list[Table], per_scenario: list[tuple[str, Table]],
+                    plots: dict[str, Path]) -> str:
+    from bench.plots import PLOTS_FOR_SCENARIO
+
+    res = run.results
+    parts = [f"# muxbench report: {res['run_id']}", ""]
+    if res["status"] != "complete":
+        parts += [f"**This run is {res['status']}**: points it did not reach are marked "
+                  "\"not measured\".", ""]
+    parts += [
+        "Every figure is the median of the repeats whose status is ok, recomputed from "
+        "`results.json`. CPU is server CPU time over wall time as a percentage of one core "
+        "(whole process tree); memory is PSS. Failed and invalid repeats are counted in the "
+        "cells and listed, with their reasons, under each table.", ""]
+    parts.append(to_markdown(environment_table(run), level=2))
+    if "cpu_vs_clients" in plots:
+        parts += [_image("cpu_vs_clients", plots), ""]
+    parts += ["## The seed's comparisons, measured", ""]
+    parts += [to_markdown(t) for t in seed[:2]]
+    parts += ["## What the seed asserts in words, measured", ""]
+    parts += [to_markdown(t) for t in seed[2:]]
+    parts += ["## Scenarios", ""]
+    for scenario, table in per_scenario:
+        parts.append(to_markdown(table))
+        parts += [_image(n, plots) for n in PLOTS_FOR_SCENARIO.get(scenario, []) if n in plots]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _image(name: str, plots: dict[str, Path]) -> str:
+    return f"![{name}]({PLOT_SUBDIR}/{plots[name].name})"
+
+
+def check_shapes(results: dict) -> None:
+    """What load_results leaves unchecked but the report reads: fail with one line, not deep
+    inside a plot."""
+    for name, meta in results["scenarios"].items():
+        if not isinstance(meta, dict):
+            raise ResultsError(f"scenario {name!r}: expected an object")
+    for index, trial in enumerate(results["trials"]):
+        if not isinstance(trial["point"], dict):
+            raise ResultsError(f"trial {index}: 'point' must be an object")
+        for key in ("server", "derived", "load"):
+            if not isinstance(trial.get(key), (dict, type(None))):
+                raise ResultsError(f"trial {index}: {key!r} must be an object or null")
+    if not isinstance(results.get("environment"), dict):
+        raise ResultsError("'environment' must be an object")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        run_dir, results = _load(args.run, args.root)
+        check_shapes(results)
+    except ResultsError as exc:
+        print(f"muxbench report: {exc}", file=sys.stderr)
+        return 2
+    run_ = Run(results)
+    from bench.plots import render_plots
+
+    plots = render_plots(run_, run_dir / PLOT_SUBDIR)
+    seed, per_scenario = build_tables(run_)
+    report = run_dir / REPORT_FILE
+    report.write_text(render_markdown(run_, seed, per_scenario, plots), encoding="utf-8")
+    copy_to = Path(args.plots)
+    if copy_to.resolve() != (run_dir / PLOT_SUBDIR).resolve():
+        copy_to.mkdir(parents=True, exist_ok=True)
+        for path in plots.values():
+            shutil.copy2(path, copy_to / path.name)
+    if not args.quiet:
+        print_rich([environment_table(run_), *seed, *(t for _, t in per_scenario)])
+    print(f"muxbench report: wrote {report} and {len(plots)} plots "
+          f"({run_dir / PLOT_SUBDIR}, copied to {copy_to})")
+    return 0

@@ -1,0 +1,175 @@
+"""The report's tables, built once, rendered twice: Markdown for REPORT.md, rich for a terminal."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.measures import Metric, Point, Run, fmt, fmt_x, scenario_metrics
+
+Cell = list[str]  # stacked lines of one cell
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    caption: str = ""  # how to read the cells
+    notes: list[str] = field(default_factory=list)  # failed / invalid trials, caveats
+    sentences: list[str] = field(default_factory=list)  # computed from the numbers
+
+    def add(self, *cells: str | Cell) -> None:
+        self.rows.append([[c] if isinstance(c, str) else c for c in cells])
+
+
+def _md_cell(cell: Cell) -> str:
+    return "<br>".join(part.replace("|", "\\|") for part in cell)
+
+
+def to_markdown(table: Table, level: int = 3) -> str:
+    lines = [f"{'#' * level} {table.title}", ""]
+    if table.caption:
+        lines += [table.caption, ""]
+    lines.append("| " + " | ".join(table.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in table.columns) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    if table.notes:
+        lines.append("")
+        lines += [f"- {note}" for note in table.notes]
+    if table.sentences:
+        lines += ["", " ".join(table.sentences)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def print_rich(tables: list[Table]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console()
+    for table in tables:
+        rich_table = RichTable(title=table.title, caption=table.caption or None,
+                               box=box.SIMPLE_HEAD, title_justify="left")
+        for column in table.columns:
+            rich_table.add_column(column, overflow="fold")
+        for row in table.rows:
+            rich_table.add_row(*("\n".join(cell) for cell in row))
+        console.print(rich_table)
+        for note in table.notes:
+            console.print(f"  [yellow]![/yellow] {note}", markup=True, highlight=False)
+        if table.sentences:
+            console.print("  " + " ".join(table.sentences), highlight=False)
+        console.print()
+
+
+def spread(stat: dict) -> str:
+    """Half the min-max range as a percentage of the median ('' for one repeat)."""
+    if stat["n"] < 2 or not stat["median"]:
+        return ""
+    half = (stat["max"] - stat["min"]) / 2 / abs(stat["median"]) * 100
+    return f" ±{half:.0f} %"
+
+
+def point_cell(point: Point | None, metrics: tuple[Metric, ...]) -> Cell:
+    if point is None:
+        return ["not measured"]
+    lost = [f"{len(trials)} {name}" for name, trials in
+            (("failed", point.failed), ("invalid", point.invalid)) if trials]
+    if not point.ok:
+        return [" + ".join(lost) if lost else "not measured"]
+    cell = []
+    for m in metrics:
+        stat = point.stat(m)
+        cell.append(fmt(stat["median"], m.unit) + spread(stat))
+    if lost:
+        cell.append("(+" + ", ".join(lost) + ")")
+    return cell
+
+
+def trouble_notes(run: Run, scenario: str) -> list[str]:
+    """One line per point with failed or invalid repeats, with their reasons."""
+    notes = []
+    for model in run.models(scenario):
+        for point in run.points(scenario, model):
+            for status, trials in (("failed", point.failed), ("invalid", point.invalid)):
+                if not trials:
+                    continue
+                reasons = Counter(_reason(t) for t in trials)
+                why = "; ".join(f"{r}" + (f" (x{n})" if n > 1 else "") for r, n in reasons.items())
+                notes.append(f"{model} at {run.x_label(scenario)} = {fmt_x(point.x)}: "
+                             f"{len(trials)} of {_repeats(point)} repeats {status} -- {why}")
+    return notes
+
+
+def _repeats(point: Point) -> int:
+    return len(point.ok) + len(point.failed) + len(point.invalid)
+
+
+def _reason(trial: dict) -> str:
+    load = trial.get("load") or {}
+    return trial.get("reason") or load.get("invalid_reason") or "no reason recorded"
+
+
+def scenario_table(run: Run, scenario: str) -> Table:
+    meta = run.scenarios.get(scenario, {})
+    metrics = scenario_metrics(scenario)
+    xs = run.xs(scenario)
+    label = run.x_label(scenario)
+    table = Table(
+        title=f"{meta.get('title', scenario)} (`{scenario}`)",
+        columns=["model"] + [f"{label} = {fmt_x(x)}" for x in xs],
+        caption=("Each cell: " + " / ".join(m.label for m in metrics)
+                 + "; median of the ok repeats, ± half their min-max range."),
+    )
+    for model in run.models(scenario):
+        table.add(model, *(point_cell(run.point(scenario, model, x), metrics) for x in xs))
+    table.notes = trouble_notes(run, scenario)
+    absent = [m for m in run.models() if m not in run.models(scenario)]
+    if absent:
+        table.notes.append("Not measured in this scenario: " + ", ".join(absent) + ".")
+    return table
+
+
+def not_measured_table(run: Run, scenario: str) -> Table:
+    meta = run.scenarios.get(scenario, {})
+    table = Table(title=f"{meta.get('title', scenario)} (`{scenario}`)", columns=["model"])
+    table.notes = [f"Scenario `{scenario}` was not measured in this run."]
+    return table
+
+
+def environment_table(run: Run) -> Table:
+    env, res = run.env, run.results
+    place = env.get("placement") or {}
+    packages = env.get("packages") or {}
+    statuses = Counter(t["status"] for t in res["trials"])
+    table = Table(title="Environment", columns=["item", "value"])
+    rows: list[tuple[str, Any]] = [
+        ("run", f"{res['run_id']} (suite {res['suite']}, {res['status']})"),
+        ("started / finished", f"{res['started_at']} / {res.get('finished_at') or 'not finished'}"),
+        ("host", env.get("hostname")),
+        ("kernel", env.get("kernel")),
+        ("CPU", f"{env.get('cpu_model')} x {env.get('cpus')}"),
+        ("Python", env.get("python")),
+        ("packages", ", ".join(f"{k} {v}" for k, v in sorted(packages.items())) or None),
+        ("git commit", env.get("git_commit")),
+        ("somaxconn / RLIMIT_NOFILE", f"{env.get('somaxconn')} / {env.get('rlimit_nofile')}"),
+        ("placement", _placement(place)),
+        ("load average before / after", f"{env.get('loadavg_before')} / "
+                                         f"{env.get('loadavg_after')}"),
+        ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
+    ]
+    for name, value in rows:
+        table.add(name, "not recorded" if value is None else str(value))
+    return table
+
+
+def _placement(place: dict) -> str | None:
+    if not place:
+        return None
+    pinned = "pinned" if place.get("pinned") else "not pinned"
+    text = (f"{pinned}; server CPUs {place.get('server_cpus')}, "
+            f"load generator CPUs {place.get('client_cpus')}")
+    return f"{text} ({place['note']})" if place.get("note") else text
