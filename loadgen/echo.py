@@ -1,0 +1,255 @@
+"""Echo workloads: closed loop, open loop, sparse (few active among many idle), idle.
+
+Closed loop: each active connection keeps `depth` messages in flight; the
+latency is the round trip.  Open loop: message k of a connection is due at
+t0 + k/rate (or after exponential gaps, for Poisson arrivals) and goes out
+then -- or, when the connection already has `depth` messages outstanding, as
+soon as a reply frees a slot, as wrk2 does.  Response time is measured from
+the due time, so a stalled server shows in it in full (no coordinated
+omission); service time is measured from the actual send.  Lateness caused by
+the generator itself (the connection was free but the loop was late) is kept
+apart from lateness caused by waiting for the server: the former makes a run
+invalid, the latter is what is being measured.
+"""
+
+from __future__ import annotations
+
+import heapq
+import socket
+import time
+from collections import deque
+
+from loadgen.integrity import (
+    HEADER,
+    TAG,
+    Pattern,
+    Unsolicited,
+    count_unanswered,
+    settle_mismatch,
+)
+from loadgen.schedule import Arrivals, Lag
+from loadgen.timer import Timer
+from loadgen.worker import IN, OUT, RECV_SIZE, Go, Worker
+
+_pack = HEADER.pack
+
+
+class EchoConn:
+    __slots__ = ("active", "alive", "arrivals", "buf", "cid", "fd", "inflight", "missing",
+                 "out", "pattern", "seq", "sock", "waiting")
+
+    def __init__(self, cid: int, sock: socket.socket, pattern: Pattern, active: bool) -> None:
+        self.cid, self.sock, self.fd, self.pattern = cid, sock, sock.fileno(), pattern
+        self.active = active
+        self.alive = True
+        self.buf = b""
+        self.out = b""
+        self.seq = 0
+        self.inflight: deque = deque()
+        self.missing: dict = {}
+        self.waiting: int | None = None  # open loop: due time of a send held back by depth
+        self.arrivals: Arrivals | None = None
+
+
+def sleep_until(t_ns: int) -> None:
+    delay = t_ns - time.perf_counter_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
+
+
+class EchoWorker(Worker):
+    def adopt(self, socks: dict[int, socket.socket]) -> None:
+        plan = self.plan
+        everyone_active = plan.workload == "echo"
+        self.all = [EchoConn(cid, sock, Pattern(cid, plan.size, plan.seed),
+                             everyone_active or cid in plan.active)
+                    for cid, sock in socks.items()]
+        self.conns = {c.fd: c for c in self.all}
+        self.active = [c for c in self.all if c.active]
+        for c in self.all:
+            self.ep.register(c.fd, IN)
+        self.open_loop = plan.rate is not None and plan.workload == "echo"
+        self.lag = Lag()
+        self.heap: list[tuple[int, int]] = []
+
+    # -- sending --------------------------------------------------------------
+    def send(self, c: EchoConn, due: int, now: int) -> None:
+        seq = c.seq
+        c.seq = seq + 1
+        frame = _pack(seq, c.cid, TAG) + c.pattern.body
+        c.inflight.append((seq, frame, due, now))
+        if self.ws <= due < self.we:
+            self.tally.sent += 1
+        if c.out:
+            c.out += frame
+            return
+        try:
+            n = c.sock.send(frame)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.drop(c, exc)
+            return
+        if n < len(frame):
+            c.out = frame[n:]
+            self.ep.modify(c.fd, IN | OUT)
+
+    def flush(self, c: EchoConn) -> None:
+        try:
+            n = c.sock.send(c.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.drop(c, exc)
+            return
+        c.out = c.out[n:]
+        if not c.out:
+            self.ep.modify(c.fd, IN)
+
+    def drop(self, c: EchoConn, why: BaseException | str) -> None:
+        """The connection failed: count why; what it had in flight is lost."""
+        if c.alive:
+            c.alive = False
+            self.fail(why)
+            self.ep.unregister(c.fd)
+            del self.conns[c.fd]
+            c.sock.close()
+
+    # -- open-loop schedule ----------------------------------------------------
+    def schedule_first(self, t0: int) -> None:
+        plan = self.plan
+        for c in self.active:
+            c.arrivals = Arrivals(c.cid, plan.clients, plan.rate, plan.arrival, plan.seed, t0)
+            heapq.heappush(self.heap, (c.arrivals.due, c.cid))
+        self.by_cid = {c.cid: c for c in self.active}
+
+    def send_due(self, c: EchoConn, due: int, now: int, free: bool) -> None:
+        """Send the message due at `due`; schedule the connection's next one."""
+        if self.ws <= due < self.we:
+            self.lag.note(now - due, free)
+        self.send(c, due, now)
+        nxt = c.arrivals.advance()
+        if nxt < self.we:
+            heapq.heappush(self.heap, (nxt, c.cid))
+
+    def fire(self, now: int) -> None:
+        heap, depth = self.heap, self.plan.depth
+        while heap and heap[0][0] <= now:
+            due, cid = heapq.heappop(heap)
+            c = self.by_cid[cid]
+            if not c.alive:
+                continue
+            if len(c.inflight) >= depth:
+                c.waiting = due
+            else:
+                self.send_due(c, due, now, free=True)
+
+    def refill(self, c: EchoConn, now: int) -> None:
+        """A reply freed a slot: closed loop sends the next one, open loop a held-back one."""
+        if self.open_loop:
+            if c.waiting is not None and len(c.inflight) < self.plan.depth:
+                due, c.waiting = c.waiting, None
+                self.send_due(c, due, now, free=False)
+        else:
+            while len(c.inflight) < self.plan.depth and c.alive:
+                self.send(c, now, now)
+
+    # -- receiving --------------------------------------------------------------
+    def split(self, c: EchoConn, data: bytes) -> list[bytes]:
+        size = self.plan.size
+        buf = c.buf + data
+        whole = len(buf) - len(buf) % size
+        c.buf = buf[whole:]
+        return [buf[i:i + size] for i in range(0, whole, size)]
+
+    def run(self, go: Go) -> None:
+        self.ws, self.we = go.window
+        window, plan = go.window, self.plan
+        clock = time.perf_counter_ns
+        timer = Timer() if self.open_loop else None
+        sleep_until(go.t0)
+        if self.open_loop:
+            self.schedule_first(go.t0)
+        else:
+            now = clock()
+            for c in self.active:
+                self.refill(c, now)
+        conns, poll, tally, size = self.conns, self.ep.poll, self.tally, plan.size
+        heap, armed = self.heap, 0
+        if timer is not None:
+            self.ep.register(timer.fd, IN)
+        record, serve = self.latency.append, self.service.append
+        ws, we, open_loop = self.ws, self.we, self.open_loop
+        bufsize = min(RECV_SIZE, size * plan.depth)
+        marks = deque([ws, we, we + int(plan.drain_s * 1e9)])
+        sending = True
+        while True:
+            now = clock()
+            if now >= marks[0]:
+                marks.popleft()
+                if not marks:
+                    break
+                self.cpu_mark()
+                if len(marks) == 1:
+                    sending = False
+                    heap.clear()
+            if not sending and not any(c.inflight for c in self.active if c.alive):
+                break
+            if heap:
+                if heap[0][0] <= now:
+                    self.fire(now)
+                if heap and heap[0][0] != armed:
+                    armed = heap[0][0]
+                    timer.arm(armed)
+            for fd, ev in poll((marks[0] - now) / 1e9):
+                c = conns.get(fd)
+                if c is None:
+                    if timer is not None and fd == timer.fd:
+                        timer.clear()
+                        armed = 0
+                    continue
+                if ev & OUT:
+                    self.flush(c)
+                try:
+                    data = c.sock.recv(bufsize)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self.drop(c, exc)
+                    continue
+                if not data:
+                    self.drop(c, "EOF")
+                    continue
+                t = clock()
+                frames = self.split(c, data) if c.buf or len(data) != size else (data,)
+                inflight = c.inflight
+                for frame in frames:
+                    if inflight and frame == inflight[0][1]:
+                        entry = inflight.popleft()
+                    else:
+                        try:
+                            entry = settle_mismatch(frame, c.pattern, inflight, c.missing,
+                                                    tally, window)
+                        except Unsolicited:
+                            self.fail("unsolicited data")
+                            continue
+                        if entry is None:
+                            continue
+                    due = entry[2]
+                    if ws <= due < we:
+                        tally.received += 1
+                        record(t - due)
+                        if open_loop:
+                            serve(t - entry[3])
+                if sending and c.active:
+                    self.refill(c, t)
+        if timer is not None:
+            timer.close()
+        for c in self.all:
+            tally.lost += count_unanswered(c.inflight, c.missing, window)
+            if c.alive:
+                c.sock.close()
+
+    def extra(self) -> dict:
+        lag = self.lag.as_result() if self.open_loop else {}
+        return {"active_connected": len(self.active), **lag}

@@ -1,0 +1,222 @@
+"""Worker processes: fork them, start them together, bound them in time, merge what they saw.
+
+The parent does no network I/O.  It forks `procs` workers, each with a share
+of the connections, waits until all have connected (or given up), then gives
+them one common start time and measurement window.  It prints the window
+markers at the moments the window opens and closes, relays the chat drain
+barrier, and collects each worker's counters and raw samples.  Every worker
+dies with the parent (PR_SET_PDEATHSIG) and is SIGKILLed and reaped in
+`finally` -- after a hard time cap, an error or Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+from loadgen.integrity import Window
+from loadgen.worker import CONNECT_BATCH, Go, Plan
+
+# Slack on top of connect time + warm-up + duration + drain before everything is killed.
+GRACE_S = 5.0
+# Time between the start signal and t0, so that every worker is waiting when it comes.
+START_DELAY_NS = 30_000_000
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Config:
+    workload: str
+    host: str
+    port: int
+    clients: int
+    size: int
+    rate: float | None
+    arrival: str
+    depth: int
+    duration: float
+    warmup: float
+    procs: int
+    active: int
+    connect_timeout: float
+    drain: float
+    seed: int
+    cpus: list[int] | None
+
+
+@dataclass
+class Outcome:
+    """What the parent learned: per-worker results plus run-level facts."""
+
+    results: list[dict]
+    connected: int
+    connect_errors: dict[str, int]
+    window: Window | None            # None when the run never started
+    clock_offset: float               # time.time() - perf_counter at the start
+    missing_workers: int              # workers that died or timed out without a result
+    procs: int
+
+
+def _worker_class(workload: str) -> type:
+    if workload == "chat":
+        from loadgen.chat import ChatWorker
+        return ChatWorker
+    if workload == "churn":
+        from loadgen.churn import ChurnWorker
+        return ChurnWorker
+    from loadgen.echo import EchoWorker
+    return EchoWorker
+
+
+def _plans(cfg: Config, family: int, host: str, procs: int) -> list[Plan]:
+    sources: list[str] = []
+    if cfg.workload == "churn" and family == socket.AF_INET and host.startswith("127."):
+        # Many source addresses: each has its own ~28k ephemeral ports, so
+        # TIME_WAIT from a fast connect/close loop cannot exhaust them.
+        sources = [f"127.0.0.{i}" for i in range(2, 255)]
+    return [
+        Plan(workload=cfg.workload, host=host, port=cfg.port, family=family,
+             cids=list(range(i, cfg.clients, procs)), clients=cfg.clients, size=cfg.size,
+             depth=cfg.depth, rate=cfg.rate, arrival=cfg.arrival, seed=cfg.seed,
+             connect_timeout=cfg.connect_timeout, drain_s=cfg.drain,
+             active=set(range(cfg.active)) if cfg.workload == "sparse" else set(),
+             sources=sources[i::procs] if sources else [])
+        for i in range(procs)
+    ]
+
+
+def _child(index: int, plan: Plan, chan: Connection, cls: type, parent: int,
+           cpus: list[int] | None) -> None:
+    """Body of a forked worker; never returns."""
+    code = 1
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if cpus:
+            os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+        cls(plan, chan).main()
+        code = 0
+    except (EOFError, BrokenPipeError):
+        pass  # the parent went away; nothing to report to
+    except BaseException as exc:
+        print(f"muxbench load: worker {index} failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
+
+
+class Workers:
+    """The forked workers and their channels; always reaped by close()."""
+
+    def __init__(self, cfg: Config, plans: list[Plan]) -> None:
+        self.pids: list[int] = []
+        self.chans: list[Connection] = []
+        cls = _worker_class(cfg.workload)
+        parent = os.getpid()
+        for index, plan in enumerate(plans):
+            ours, theirs = socket.socketpair()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                for chan in self.chans:
+                    chan.close()
+                _child(index, plan, Connection(theirs.detach()), cls, parent, cfg.cpus)
+            theirs.close()
+            self.pids.append(pid)
+            self.chans.append(Connection(ours.detach()))
+        self.live = set(range(len(plans)))
+
+    def gather(self, kind: str, deadline: float) -> dict[int, object]:
+        """One message of `kind` from every live worker, until the deadline."""
+        got: dict[int, object] = {}
+        waiting = {self.chans[i]: i for i in self.live}
+        while waiting:
+            ready = wait(list(waiting), max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for chan in ready:
+                index = waiting.pop(chan)
+                try:
+                    message = chan.recv()
+                except (EOFError, OSError):
+                    self.live.discard(index)
+                    continue
+                if message[0] == kind:
+                    got[index] = message[1:]
+        for index in waiting.values():  # silent past the deadline: given up on
+            self.live.discard(index)
+        return got
+
+    def send(self, message: tuple) -> None:
+        for index in list(self.live):
+            try:
+                self.chans[index].send(message)
+            except OSError:
+                self.live.discard(index)
+
+    def close(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for chan in self.chans:
+            chan.close()
+
+
+def _sleep_until(t_ns: int) -> None:
+    delay = t_ns - time.perf_counter_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
+
+
+def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> Outcome:
+    """Run the workload; `marker` is called with "window start"/"window end" on time."""
+    procs = max(1, min(cfg.procs, cfg.clients))
+    plans = _plans(cfg, family, host, procs)
+    per_worker = -(-cfg.clients // procs)
+    connect_budget = cfg.connect_timeout * -(-per_worker // CONNECT_BATCH)
+    started = time.monotonic()
+    hard_cap = started + connect_budget + cfg.warmup + cfg.duration + cfg.drain + GRACE_S
+    clock_offset = time.time() - time.perf_counter_ns() / 1e9
+    workers = Workers(cfg, plans)
+    try:
+        ready = workers.gather("ready", started + connect_budget + GRACE_S)
+        connected = sum(r[0] for r in ready.values())
+        connect_errors: dict[str, int] = {}
+        for _, errors in ready.values():
+            for kind, n in errors.items():
+                connect_errors[kind] = connect_errors.get(kind, 0) + n
+        window = None
+        if connected or cfg.workload == "churn":
+            t0 = time.perf_counter_ns() + START_DELAY_NS
+            window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
+            workers.send(("go", Go(t0, window)))
+            _sleep_until(window.start)
+            marker("window start")
+            _sleep_until(window.end)
+            marker("window end")
+            if cfg.workload == "chat":
+                sent = workers.gather("sent", hard_cap)
+                workers.send(("total", sum(s[0] for s in sent.values())))
+        else:
+            workers.send(("stop",))
+        results = workers.gather("result", hard_cap)
+        return Outcome([r[0] for _, r in sorted(results.items())], connected, connect_errors,
+                       window, clock_offset, procs - len(results), procs)
+    finally:
+        workers.close()

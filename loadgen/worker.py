@@ -1,0 +1,182 @@
+"""What every worker process shares: its plan, its epoll, connecting, errors, CPU.
+
+A worker is a forked child that owns a share of the connections and runs one
+epoll loop over them.  It talks to the parent over a socketpair in three
+steps: it reports `ready` once its connections are up, waits for `go` (the
+common start time and measurement window, as CLOCK_MONOTONIC nanoseconds,
+which every process on the machine shares), then returns its `result`.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from loadgen.integrity import Tally, Window
+from loadgen.record import new_samples
+
+# Connections a worker has in SYN state at once: connecting thousands at the
+# same instant overflows the server's accept queue and shows up as 1 s / 3 s
+# SYN-retransmit outliers that are the generator's fault, not the server's.
+CONNECT_BATCH = 64
+RECV_SIZE = 65536
+
+IN = select.EPOLLIN | select.EPOLLRDHUP
+OUT = select.EPOLLOUT
+
+
+@dataclass
+class Plan:
+    """Everything one worker needs to know before the run starts."""
+
+    workload: str
+    host: str
+    port: int
+    family: int
+    cids: list[int]               # global ids of this worker's connections
+    clients: int                  # connections over all workers
+    size: int
+    depth: int
+    rate: float | None            # total msgs/s over all connections
+    arrival: str
+    seed: int
+    connect_timeout: float
+    drain_s: float
+    active: set[int] = field(default_factory=set)   # sparse: cids that ping-pong
+    sources: list[str] = field(default_factory=list)  # churn: local addresses to bind
+
+
+@dataclass
+class Go:
+    """The parent's start signal: common start and measurement window (ns)."""
+
+    t0: int
+    window: Window
+
+
+def error_kind(exc: BaseException | int | str) -> str:
+    """A short stable name for an error: the errno symbol when there is one."""
+    if isinstance(exc, str):
+        return exc
+    code = exc if isinstance(exc, int) else getattr(exc, "errno", None)
+    if code:
+        return errno.errorcode.get(code, f"errno {code}")
+    return type(exc).__name__
+
+
+def dial(family: int, address: tuple, source: str | None = None) -> tuple[socket.socket, int]:
+    """Start a non-blocking connect; returns the socket and 0, EINPROGRESS or an errno."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        if source is not None:
+            sock.bind((source, 0))
+        return sock, sock.connect_ex(address)
+    except OSError as exc:
+        return sock, exc.errno or errno.EIO
+
+
+class Worker:
+    """Base of the workload loops: subclasses implement `run(go)`."""
+
+    needs_connections = True
+
+    def __init__(self, plan: Plan, chan: Connection) -> None:
+        self.plan = plan
+        self.chan = chan
+        self.address = (plan.host, plan.port)
+        self.ep = select.epoll()
+        self.errors: Counter[str] = Counter()
+        self.tally = Tally()
+        self.latency = new_samples()
+        self.service = new_samples()
+        self.cpu_window_ns = 0
+        self._cpu_mark = 0
+
+    # -- connecting ---------------------------------------------------------
+    def open_connections(self) -> dict[int, socket.socket]:
+        """Connect this worker's share, CONNECT_BATCH at a time; cid -> socket."""
+        plan = self.plan
+        todo = deque(plan.cids)
+        pending: dict[int, tuple[int, socket.socket, float]] = {}
+        ready: dict[int, socket.socket] = {}
+        timeout = plan.connect_timeout
+        while todo or pending:
+            while todo and len(pending) < CONNECT_BATCH:
+                cid = todo.popleft()
+                sock, err = dial(plan.family, self.address)
+                if err in (0, errno.EINPROGRESS):
+                    pending[sock.fileno()] = (cid, sock, time.monotonic() + timeout)
+                    self.ep.register(sock.fileno(), OUT)
+                else:
+                    self.errors[error_kind(err)] += 1
+                    sock.close()
+            soonest = min(deadline for _, _, deadline in pending.values())
+            for fd, _ in self.ep.poll(max(0.0, soonest - time.monotonic())):
+                cid, sock, _ = pending.pop(fd)
+                self.ep.unregister(fd)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self.errors[error_kind(err)] += 1
+                    sock.close()
+                else:
+                    ready[cid] = sock
+            now = time.monotonic()
+            for fd, (_, sock, deadline) in list(pending.items()):
+                if deadline <= now:
+                    del pending[fd]
+                    self.ep.unregister(fd)
+                    sock.close()
+                    self.errors["ETIMEDOUT"] += 1
+        return ready
+
+    # -- the window -----------------------------------------------------------
+    def cpu_mark(self) -> None:
+        """Called when the window opens and when it closes: CPU used inside it."""
+        now = time.process_time_ns()
+        if self._cpu_mark:
+            self.cpu_window_ns = now - self._cpu_mark
+        self._cpu_mark = now
+
+    def fail(self, kind: BaseException | str) -> None:
+        self.errors[error_kind(kind)] += 1
+
+    # -- lifecycle ------------------------------------------------------------
+    def main(self) -> None:
+        socks = self.open_connections() if self.needs_connections else {}
+        self.chan.send(("ready", len(socks), dict(self.errors)))
+        message = self.chan.recv()
+        self.adopt(socks)
+        if message[0] == "go":
+            self.run(message[1])
+        else:
+            for sock in socks.values():
+                sock.close()
+        self.chan.send(("result", self.result()))
+
+    def adopt(self, socks: dict[int, socket.socket]) -> None:
+        """Take over the connected sockets (subclasses register them)."""
+        raise NotImplementedError
+
+    def run(self, go: Go) -> None:
+        raise NotImplementedError
+
+    def extra(self) -> dict:
+        """Workload-specific result fields."""
+        return {}
+
+    def result(self) -> dict:
+        return {
+            "tally": self.tally.as_dict(),
+            "errors": dict(self.errors),
+            "latency": self.latency.tobytes(),
+            "service": self.service.tobytes(),
+            "cpu_ns": self.cpu_window_ns,
+            **self.extra(),
+        }
