@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
 from bench import invariants
 from bench.results import load_results
+from bench.sampler import TreeSampler
 from tests import fake_results as fake
+from tests.support import _readline, kill_group, serve
 
 
 @pytest.fixture
@@ -130,6 +138,70 @@ def test_cli_exit_status(tmp_path, healthy, capsys):
     assert "FAIL polling_idle_cpu" in capsys.readouterr().out
     assert invariants.main([str(tmp_path / "missing")]) == 2
     assert "bench.invariants:" in capsys.readouterr().err
+
+
+# -- a real spinning server, measured like any model, is caught ------------------------
+
+# An epoll loop with the classic bug: a zero timeout turns every wait into a spin,
+# so it burns a core while its clients say nothing -- busy polling in disguise.
+SPINNER = textwrap.dedent("""
+    import select, socket
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    listener.setblocking(False)
+    ep = select.epoll()
+    ep.register(listener.fileno(), select.EPOLLIN)
+    print("listening on 127.0.0.1:%d" % listener.getsockname()[1], flush=True)
+    held = []
+    while True:
+        for fd, _ in ep.poll(0):
+            try:
+                held.append(listener.accept()[0])
+            except BlockingIOError:
+                pass
+""")
+IDLE_CLIENTS = 50
+
+
+@contextlib.contextmanager
+def spinning_server():
+    proc = subprocess.Popen([sys.executable, "-c", SPINNER], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        port = int(_readline(proc, 10.0).rsplit(":", 1)[1])
+        yield proc.pid, ("127.0.0.1", port)
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
+
+
+def idle_trial(model: str, pid: int, address: tuple[str, int], window: float = 0.6) -> dict:
+    """An idle trial of the server at pid: IDLE_CLIENTS silent clients, CPU over a window."""
+    with contextlib.ExitStack() as clients:
+        for _ in range(IDLE_CLIENTS):
+            clients.enter_context(socket.create_connection(address, timeout=5))
+        time.sleep(0.2)  # let the accepts finish before the window opens
+        sampler = TreeSampler(pid)
+        sampler.mark("start")
+        time.sleep(window)
+        sampler.mark("end")
+        trial = fake.trial("idle", model, {"clients": IDLE_CLIENTS}, 0)
+        trial["server"] = sampler.stats()
+        return trial
+
+
+def test_idle_cpu_invariant_catches_a_real_spinning_server():
+    with serve("polling") as polling:
+        busy = idle_trial("polling", polling.proc.pid, polling.address)
+    with serve("epoll") as epoll:
+        quiet = idle_trial("epoll", epoll.proc.pid, epoll.address)
+    with spinning_server() as (pid, address):
+        spinner = idle_trial("epoll", pid, address)
+    honest = invariants.check_polling_idle_cpu(fake.run([busy, quiet]))
+    caught = invariants.check_polling_idle_cpu(fake.run([busy, spinner]))
+    cpu = {name: t["server"]["cpu_util"] for name, t in
+           (("polling", busy), ("epoll", quiet), ("spinner", spinner))}
+    assert not [line for line in honest if "20x epoll" in line], (honest, cpu)
+    assert any("20x epoll" in line for line in caught), (caught, cpu)
 
 
 # -- the real quick run ----------------------------------------------------------------
