@@ -1,0 +1,299 @@
+"""`muxbench report`: tables checked against medians computed here from the fixture, valid PNGs,
+sentences that follow the data, and one clear line for unusable input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.measures import Run, fmt
+from bench.report import build_tables
+from tests.support import MUXBENCH, ROOT
+
+FIXTURE = Path(__file__).parent / "data" / "results-small.json"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ["cpu_vs_clients", "idle_cpu", "memory_pss", "echo_clients", "echo_size", "open_loop",
+         "chat_fanout", "sparse", "churn", "polling_interval"]
+
+# What each scenario table shows in a cell, stated here independently of bench/measures.py.
+CELL_PATHS = {
+    "cpu_vs_clients": ["server.cpu_util", "derived.cpu_per_msg_us"],
+    "idle": ["server.cpu_util", "server.pss_peak_bytes"],
+    "echo_clients": ["load.throughput_msgs_s", "load.latency_us.p99"],
+    "echo_size": ["load.throughput_msgs_s", "derived.cpu_per_msg_us"],
+    "open_loop": ["load.latency_us.p99", "load.throughput_msgs_s"],
+    "chat_fanout": ["load.latency_us.p99", "server.cpu_util"],
+    "sparse": ["derived.cpu_per_msg_us", "load.latency_us.p99"],
+    "churn": ["load.connections_per_s", "load.latency_us.p99"],
+    "polling_interval": ["server.cpu_util", "load.latency_us.p50"],
+}
+# Unit suffix -> factor back to the stored unit (µs, fraction of a core, bytes, per second).
+UNITS = {"µs": 1.0, "ms": 1e3, "s": 1e6, "%": 0.01, "MiB": 2.0**20, "KiB": 2.0**10, "B": 1.0,
+         "msgs/s": 1.0, "conn/s": 1.0}
+VALUE = re.compile(r"^([\d,]+(?:\.\d+)?) (µs|ms|s|%|MiB|KiB|B|msgs/s|conn/s)(?=\s|$)")
+
+
+def fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def dotted(trial: dict, path: str):
+    value = trial
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def expected_median(results: dict, scenario: str, model: str, x, path: str) -> float | None:
+    x_key = results["scenarios"][scenario]["x"]
+    values = [dotted(t, path) for t in results["trials"]
+              if t["scenario"] == scenario and t["model"] == model and t["status"] == "ok"
+              and t["point"][x_key] == x]
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def parse_value(text: str) -> float:
+    match = VALUE.match(text.strip())
+    assert match, f"no number with a unit in {text!r}"
+    return float(match.group(1).replace(",", "")) * UNITS[match.group(2)]
+
+
+def parse_tables(markdown: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """{heading: (columns, rows)} for every Markdown table under a ### or ## heading."""
+    tables, heading, lines = {}, None, markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|") and lines[i + 1].startswith("|---"):
+            columns = [c.strip() for c in line.strip("|").split(" | ")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip().strip("|").split(" | ")])
+            tables[heading] = (columns, rows)
+    return tables
+
+
+def close(parsed: float, expected: float) -> bool:
+    # Cells carry three significant figures.
+    return parsed == pytest.approx(expected, rel=6e-3)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("report")
+    run_dir = base / "20261129T161500Z-quick"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(FIXTURE.read_text())
+    status = main(["report", str(run_dir), "--plots", str(base / "plots"), "-q"])
+    markdown = (run_dir / "REPORT.md").read_text()
+    return {"status": status, "run_dir": run_dir, "plots": base / "plots",
+            "markdown": markdown, "tables": parse_tables(markdown)}
+
+
+def scenario_table(rendered: dict, scenario: str) -> tuple[list[str], list[list[str]]]:
+    [key] = [k for k in rendered["tables"] if k.endswith(f"(`{scenario}`)")]
+    return rendered["tables"][key]
+
+
+def test_report_exits_zero_and_writes_every_plot_as_png(rendered):
+    assert rendered["status"] == 0
+    for where in (rendered["run_dir"] / "plots", rendered["plots"]):
+        for name in PLOTS:
+            data = (where / f"{name}.png").read_bytes()
+            assert data.startswith(PNG_SIGNATURE), name
+            assert len(data) > 20_000, f"{name}.png is suspiciously small"
+
+
+def test_report_embeds_plots_by_valid_relative_links(rendered):
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", rendered["markdown"])
+    assert {Path(link).stem for link in links} == set(PLOTS)
+    for link in links:
+        assert (rendered["run_dir"] / link).is_file(), link
+
+
+@pytest.mark.parametrize("scenario", sorted(CELL_PATHS))
+def test_scenario_table_cells_are_the_fixture_medians(rendered, scenario):
+    results = fixture()
+    columns, rows = scenario_table(rendered, scenario)
+    xs = [float(c.split("= ")[1].replace(",", "")) for c in columns[1:]]
+    models = {t["model"] for t in results["trials"] if t["scenario"] == scenario}
+    assert {row[0] for row in rows} == models
+    checked = 0
+    for row in rows:
+        model = row[0]
+        for x, cell in zip(xs, row[1:], strict=True):
+            lines = cell.split("<br>")
+            medians = [expected_median(results, scenario, model, x, p)
+                       for p in CELL_PATHS[scenario]]
+            if medians[0] is None:
+                assert re.search(r"failed|invalid|not measured", cell), (model, x, cell)
+                continue
+            for line, median in zip(lines, medians, strict=False):
+                assert close(parse_value(line), median), (scenario, model, x, line, median)
+                checked += 1
+    assert checked >= len(rows)
+
+
+def test_failed_and_invalid_trials_are_shown_with_reasons(rendered):
+    columns, rows = scenario_table(rendered, "idle")
+    select = next(r for r in rows if r[0] == "select")
+    assert select[columns.index("idle clients = 3,000")] == "2 failed"
+    assert "filedescriptor out of range in select()" in rendered["markdown"]
+    columns, rows = scenario_table(rendered, "echo_clients")
+    asyncio = next(r for r in rows if r[0] == "asyncio")
+    assert "(+1 invalid)" in asyncio[columns.index("clients = 100")]
+    assert "load generator saturated" in rendered["markdown"]
+
+
+def test_seed_mechanism_table_uses_measured_idle_cpu(rendered):
+    results = fixture()
+    [key] = [k for k in rendered["tables"] if k.startswith("Polling / selecting / interrupt")]
+    columns, rows = rendered["tables"][key]
+    # select fails at 3,000 idle clients, so the largest common point is 300.
+    col = columns.index("CPU at idle at idle clients = 300")
+    for row in rows:
+        median = expected_median(results, "idle", row[1], 300, "server.cpu_util")
+        if median is None:
+            assert row[col] == "not measured"
+        else:
+            assert close(parse_value(row[col]), median), row
+    select = next(r for r in rows if r[1] == "select")
+    assert "failed at 3,000 idle clients" in select[-1]
+
+
+def test_seed_chat_table_ratio_matches_the_fixture(rendered):
+    results = fixture()
+    [key] = [k for k in rendered["tables"] if k.startswith("Event-driven vs polling chat")]
+    rows = rendered["tables"][key][1]
+    row = next(r for r in rows if r[0].startswith("CPU use at room size (clients) = 200"))
+    epoll, polling = (expected_median(results, "chat_fanout", m, 200, "server.cpu_util")
+                      for m in ("epoll", "polling"))
+    assert close(parse_value(row[1]), epoll)
+    assert close(parse_value(row[2]), polling)
+    assert float(row[3].rstrip("x").replace(",", "")) == pytest.approx(polling / epoll, rel=6e-3)
+
+
+def test_memory_table_pss_per_connection_is_the_fitted_slope(rendered):
+    results = fixture()
+    [key] = [k for k in rendered["tables"] if k.startswith("Multi-process memory")]
+    columns, rows = rendered["tables"][key]
+    fork = next(r for r in rows if r[0] == "fork")
+    xs = [10, 300, 3000]
+    ys = [expected_median(results, "idle", "fork", x, "server.pss_peak_bytes") for x in xs]
+    slope = np.polyfit(xs, ys, 1)[0]
+    assert close(parse_value(fork[columns.index("PSS per connection (fit)")]), slope)
+
+
+def sentences_of(results: dict, scenario: str) -> list[str]:
+    _, per_scenario = build_tables(Run(results))
+    return dict(per_scenario)[scenario].sentences
+
+
+def test_sentences_follow_the_data():
+    results = fixture()
+    before = " ".join(sentences_of(results, "cpu_vs_clients"))
+    best = min((m for m in ("polling", "select", "epoll", "sigio", "thread", "fork", "asyncio")),
+               key=lambda m: expected_median(results, "cpu_vs_clients", m, 1000,
+                                             "server.cpu_util"))
+    value = expected_median(results, "cpu_vs_clients", best, 1000, "server.cpu_util")
+    assert f"{best} had the lowest server CPU ({fmt(value, 'core')})" in before
+
+    changed = copy.deepcopy(results)
+    for trial in changed["trials"]:
+        if trial["scenario"] == "cpu_vs_clients" and trial["model"] == best:
+            trial["server"]["cpu_util"] *= 40  # now worse than polling
+    after = " ".join(sentences_of(changed, "cpu_vs_clients"))
+    assert after != before
+    assert f"{best} the highest" in after
+    assert f"{best} had the lowest" not in after
+
+
+def knee_sentence(results: dict) -> str:
+    [sentence] = [s for s in sentences_of(results, "open_loop") if s.startswith("Knee")]
+    return sentence
+
+
+def test_knee_sentence_moves_with_the_data():
+    results = fixture()
+    # polling delivers about 9,200 of the 20,000 msgs/s offered: under 90 %, so its knee.
+    assert "polling at 20,000" in knee_sentence(results)
+    changed = copy.deepcopy(results)
+    for trial in changed["trials"]:
+        if trial["scenario"] == "open_loop" and trial["model"] == "polling":
+            trial["load"]["throughput_msgs_s"] = trial["load"]["rate"]
+            trial["load"]["latency_us"]["p99"] = 200.0
+    text = knee_sentence(changed)
+    assert "polling at" not in text
+    assert re.search(r"no knee up to 80,000 for [^.]*polling", text)
+
+
+def test_missing_scenarios_and_models_render_as_not_measured(tmp_path, capsys):
+    results = fixture()
+    results["trials"] = [t for t in results["trials"]
+                         if t["scenario"] != "churn" and t["model"] != "fork"]
+    del results["scenarios"]["churn"]
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(results))
+    assert main(["report", str(path), "--plots", str(tmp_path / "plots")]) == 0
+    markdown = (tmp_path / "REPORT.md").read_text()
+    assert "Scenario `churn` was not measured in this run." in markdown
+    ipc_rows = parse_tables(markdown)["Multi-process needs IPC: the fork chat's relay, measured"][1]
+    assert "fork" not in [row[0] for row in ipc_rows]
+    assert (tmp_path / "plots" / "churn.png").read_bytes().startswith(PNG_SIGNATURE)
+    terminal = capsys.readouterr().out
+    assert "Polling / selecting / interrupt" in terminal
+    assert "Event-driven vs polling chat" in terminal
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MUXBENCH, "report", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("content", [
+    None,                                  # missing file
+    "{not json",                           # malformed JSON
+    json.dumps({"schema_version": 99}),    # another schema
+    "bad-point",                           # a trial whose point is not an object
+])
+def test_unusable_results_exit_2_with_one_line(tmp_path, content):
+    path = tmp_path / "results.json"
+    if content == "bad-point":
+        results = fixture()
+        results["trials"][0]["point"] = [1, 2]
+        content = json.dumps(results)
+    if content is not None:
+        path.write_text(content)
+    proc = run_cli(str(path), "--plots", str(tmp_path / "plots"), "--root", str(tmp_path))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("muxbench report: ")
+    assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_no_latest_run_is_a_clear_error(tmp_path):
+    proc = run_cli("--root", str(tmp_path / "results"))
+    assert proc.returncode == 2
+    assert "latest" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_units_are_formatted_with_their_prefix():
+    assert fmt(7.52, "us") == "7.52 µs"
+    assert fmt(1234.0, "us") == "1.23 ms"
+    assert fmt(2_500_000.0, "us") == "2.50 s"
+    assert fmt(0.004, "core") == "0.400 %"
+    assert fmt(3 * 2**20, "bytes") == "3.00 MiB"
+    assert fmt(2400, "bytes") == "2.34 KiB"
+    assert fmt(41234.0, "msgs") == "41,200 msgs/s"
