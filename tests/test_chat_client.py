@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MUXBENCH, ROOT, kill_group, serve, wait_for
+from tests.support import MUXBENCH, ROOT, kill_group, recv_until_closed, serve, wait_for
 
 TIMEOUT = 10.0  # generous: only a hang should ever reach it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -266,3 +266,18 @@ def test_bad_host_port_or_name_exit_2_without_traceback(args):
     assert proc.returncode == 2
     assert b"Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(b"muxbench chat: ")
+
+
+def test_leaving_waits_a_bounded_time_for_a_server_that_never_closes():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        # Never accepted until the client is gone: the kernel completes the
+        # handshake and queues its bytes, but nobody ever answers or closes.
+        result = run_chat("--port", str(listener.getsockname()[1]), "--name", "bot",
+                          stdin=b"anyone?\n")
+        assert result.returncode == 0
+        assert b"did not close" in result.stderr
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            # Everything typed, then a clean end of stream: a half-close, not a reset.
+            assert recv_until_closed(conn) == b"[bot] : anyone?\n"
