@@ -271,6 +271,20 @@ def _probability(text: str) -> float:
     return value
 
 
+def add_judging_options(parser: argparse.ArgumentParser) -> None:
+    """--threshold, --alpha and --reference: what counts as a change (shared with regress)."""
+    parser.add_argument("--threshold", type=_ratio_threshold, default=1.25,
+                        help="smallest ratio (or 1/ratio) that can count (default: 1.25)")
+    parser.add_argument("--alpha", type=_probability, default=0.01,
+                        help="significance level of the Mann-Whitney test (default: 0.01)")
+    parser.add_argument("--reference", default="epoll", help="model each run is normalised "
+                        "by; 'none' compares raw values (same machine only) (default: epoll)")
+
+
+def reference_of(args: argparse.Namespace) -> str | None:
+    return None if args.reference == "none" else args.reference
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
@@ -291,12 +305,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new", metavar="NEW", help="the run to judge, same forms as BASE")
     parser.add_argument("--root", default="results", help="where run ids are looked up "
                         "(default: results)")
-    parser.add_argument("--threshold", type=_ratio_threshold, default=1.25,
-                        help="smallest ratio (or 1/ratio) that can count (default: 1.25)")
-    parser.add_argument("--alpha", type=_probability, default=0.01,
-                        help="significance level of the Mann-Whitney test (default: 0.01)")
-    parser.add_argument("--reference", default="epoll", help="model each run is normalised "
-                        "by; 'none' compares raw values (same machine only) (default: epoll)")
+    add_judging_options(parser)
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     parser.add_argument("--changes-only", action="store_true",
                         help="show only rows with a change or too few repeats")
@@ -309,7 +318,7 @@ def load_pair(base: str, new: str, root: str) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    reference = None if args.reference == "none" else args.reference
+    reference = reference_of(args)
     try:
         base, new = load_pair(args.base, args.new, args.root)
         comparison = compare_runs(base, new, reference, args.threshold, args.alpha)
