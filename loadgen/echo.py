@@ -29,7 +29,7 @@ from loadgen.integrity import (
 )
 from loadgen.schedule import Arrivals, Lag
 from loadgen.timer import Timer
-from loadgen.worker import IN, OUT, RECV_SIZE, Go, Worker
+from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
 _pack = HEADER.pack
 
@@ -80,40 +80,7 @@ class EchoWorker(Worker):
         c.inflight.append((seq, frame, due, now))
         if self.ws <= due < self.we:
             self.tally.sent += 1
-        if c.out:
-            c.out += frame
-            return
-        try:
-            n = c.sock.send(frame)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            self.drop(c, exc)
-            return
-        if n < len(frame):
-            c.out = frame[n:]
-            self.ep.modify(c.fd, IN | OUT)
-
-    def flush(self, c: EchoConn) -> None:
-        try:
-            n = c.sock.send(c.out)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.drop(c, exc)
-            return
-        c.out = c.out[n:]
-        if not c.out:
-            self.ep.modify(c.fd, IN)
-
-    def drop(self, c: EchoConn, why: BaseException | str) -> None:
-        """The connection failed: count why; what it had in flight is lost."""
-        if c.alive:
-            c.alive = False
-            self.fail(why)
-            self.ep.unregister(c.fd)
-            del self.conns[c.fd]
-            c.sock.close()
+        self.write(c, frame)
 
     # -- open-loop schedule ----------------------------------------------------
     def schedule_first(self, t0: int) -> None:
@@ -181,19 +148,15 @@ class EchoWorker(Worker):
         record, serve = self.latency.append, self.service.append
         ws, we, open_loop = self.ws, self.we, self.open_loop
         bufsize = min(RECV_SIZE, size * plan.depth)
-        marks = deque([ws, we, we + int(plan.drain_s * 1e9)])
-        sending = True
+        phases = Phases(self, window, plan.drain_s)
         while True:
             now = clock()
-            if now >= marks[0]:
-                marks.popleft()
-                if not marks:
-                    break
-                self.cpu_mark()
-                if len(marks) == 1:
-                    sending = False
-                    heap.clear()
-            if not sending and not any(c.inflight for c in self.active if c.alive):
+            if not phases.advance(now):
+                break
+            # Open loop keeps sending what was due inside the window while it
+            # drains: a held-back message is exactly what response time is about.
+            if not phases.sending and not heap and not any(
+                    c.inflight or c.waiting is not None for c in self.active if c.alive):
                 break
             if heap:
                 if heap[0][0] <= now:
@@ -201,7 +164,7 @@ class EchoWorker(Worker):
                 if heap and heap[0][0] != armed:
                     armed = heap[0][0]
                     timer.arm(armed)
-            for fd, ev in poll((marks[0] - now) / 1e9):
+            for fd, ev in poll(phases.timeout(now)):
                 c = conns.get(fd)
                 if c is None:
                     if timer is not None and fd == timer.fd:
@@ -241,10 +204,13 @@ class EchoWorker(Worker):
                         record(t - due)
                         if open_loop:
                             serve(t - entry[3])
-                if sending and c.active:
+                if c.active and (phases.sending or open_loop):
                     self.refill(c, t)
         if timer is not None:
             timer.close()
+        unsent = len(heap) + sum(c.waiting is not None for c in self.all)
+        if unsent:
+            self.errors["unsent at drain end"] += unsent
         for c in self.all:
             tally.lost += count_unanswered(c.inflight, c.missing, window)
             if c.alive:

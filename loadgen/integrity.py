@@ -153,8 +153,8 @@ class SenderTrack:
 
     __slots__ = ("missing", "next")
 
-    def __init__(self) -> None:
-        self.next = 0
+    def __init__(self, first: int = 0) -> None:
+        self.next = first
         self.missing: set[int] = set()
 
     def accept(self, seq: int) -> str:

@@ -24,8 +24,10 @@ def _stats(summary: dict | None) -> str:
 def render(out: dict) -> str:
     workload, mode = out["workload"], out["mode"]
     head = f"{workload} {mode} loop" if workload in ("echo", "chat") else workload
+    conns = (f"{out['clients']} connect/echo/close loops" if workload == "churn"
+             else f"{out['connected']}/{out['clients']} connections")
     lines = [
-        f"{head}: {out['connected']}/{out['clients']} connections, {out['size']} B"
+        f"{head}: {conns}, {out['size']} B"
         + (f", {out['rate']:g} msg/s {out['arrival']}" if out["rate"] is not None else "")
         + f", {out['duration_s']:g} s window after {out['warmup_s']:g} s warm-up,"
           f" {out['procs']} worker process(es)",

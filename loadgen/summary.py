@@ -122,6 +122,8 @@ def _workload_fields(cfg: Config, outcome: Outcome, out: dict) -> None:
         connects = as_numpy([r.get("connect", b"") for r in results])
         out["connections_per_s"] = _sum(results, "cycles") / cfg.duration
         out["connect_latency_us"] = summarize(connects)
+        # Connections come and go: count those established inside the window.
+        out["connected"] = int(connects.size)
     elif cfg.workload in ("sparse", "idle"):
         active = min(cfg.active, outcome.connected) if cfg.workload == "sparse" else 0
         out["active"] = _sum(results, "active_connected") if cfg.workload == "sparse" else active
@@ -132,14 +134,12 @@ def _verdict(cfg: Config, outcome: Outcome, out: dict) -> tuple[str | None, int]
     """A one-line message for anything wrong, and the exit status."""
     target = f"{cfg.host}:{cfg.port}"
     errors = out["errors_by_kind"]
-    # churn connects during the run: unreachable when not one cycle connected.
-    reached = outcome.connected if cfg.workload != "churn" else out["connect_latency_us"]["count"]
-    if not reached:
+    if not out["connected"]:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(errors.items())) or "no answer"
         return f"cannot connect to {target}: {kinds}", 2
     problems = []
-    if outcome.connected < cfg.clients and cfg.workload != "churn":
-        problems.append(f"{cfg.clients - outcome.connected} of {cfg.clients} connections failed")
+    if out["connected"] < cfg.clients and cfg.workload != "churn":
+        problems.append(f"{cfg.clients - out['connected']} of {cfg.clients} connections failed")
     if out["errors"]:
         problems.append("errors: " + ", ".join(f"{k} x{n}" for k, n in sorted(errors.items())))
     bad = {k: out[k] for k in ("lost", "corrupted", "duplicated", "reordered") if out[k]}

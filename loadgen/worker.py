@@ -26,6 +26,8 @@ from loadgen.record import new_samples
 CONNECT_BATCH = 64
 RECV_SIZE = 65536
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
 IN = select.EPOLLIN | select.EPOLLRDHUP
 OUT = select.EPOLLOUT
 
@@ -76,10 +78,47 @@ def dial(family: int, address: tuple, source: str | None = None) -> tuple[socket
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         if source is not None:
+            # Let connect() pick the port per destination: bind() alone would
+            # reserve a port per source address, as if for a listener.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
         return sock, sock.connect_ex(address)
     except OSError as exc:
         return sock, exc.errno or errno.EIO
+
+
+class Phases:
+    """The marks a worker's loop passes: window start, window end, end of the drain.
+
+    `advance(now)` is called on every loop iteration (one comparison, cheap);
+    it snapshots the worker's CPU time as the window opens and closes, stops
+    new sends at the window's end, and returns False once the drain is over.
+    """
+
+    __slots__ = ("marks", "next", "sending", "worker")
+
+    def __init__(self, worker: Worker, window: Window, drain_s: float) -> None:
+        self.worker = worker
+        self.marks = deque([window.start, window.end, window.end + int(drain_s * 1e9)])
+        self.next = window.start
+        self.sending = True
+
+    def advance(self, now: int) -> bool:
+        if now < self.next:
+            return True
+        self.marks.popleft()
+        if not self.marks:
+            return False
+        self.worker.cpu_mark()
+        if len(self.marks) == 1:
+            self.sending = False
+            self.worker.stop_sending()
+        self.next = self.marks[0]
+        return True
+
+    def timeout(self, now: int) -> float:
+        """Seconds until the next mark, for epoll."""
+        return max(0.0, (self.next - now) / 1e9)
 
 
 class Worker:
@@ -144,12 +183,51 @@ class Worker:
             self.cpu_window_ns = now - self._cpu_mark
         self._cpu_mark = now
 
-    def fail(self, kind: BaseException | str) -> None:
+    def fail(self, kind: BaseException | str | int) -> None:
         self.errors[error_kind(kind)] += 1
+
+    # -- connections in the loop ------------------------------------------------
+    # A connection object has .sock, .fd, .out (bytes not yet taken by the
+    # kernel) and .alive; self.conns maps fd -> connection for the live ones.
+    def write(self, c, data: bytes) -> None:
+        if c.out:
+            c.out += data
+            return
+        try:
+            n = c.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.drop(c, exc)
+            return
+        if n < len(data):
+            c.out = data[n:]
+            self.ep.modify(c.fd, IN | OUT)
+
+    def flush(self, c) -> None:
+        try:
+            n = c.sock.send(c.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.drop(c, exc)
+            return
+        c.out = c.out[n:]
+        if not c.out:
+            self.ep.modify(c.fd, IN)
+
+    def drop(self, c, why: BaseException | str | int) -> None:
+        """The connection failed: count why, stop watching it, close it."""
+        if c.alive:
+            c.alive = False
+            self.fail(why)
+            self.ep.unregister(c.fd)
+            del self.conns[c.fd]
+            c.sock.close()
 
     # -- lifecycle ------------------------------------------------------------
     def main(self) -> None:
-        socks = self.open_connections() if self.needs_connections else {}
+        socks = self.prepare(self.open_connections()) if self.needs_connections else {}
         self.chan.send(("ready", len(socks), dict(self.errors)))
         message = self.chan.recv()
         self.adopt(socks)
@@ -159,6 +237,13 @@ class Worker:
             for sock in socks.values():
                 sock.close()
         self.chan.send(("result", self.result()))
+
+    def prepare(self, socks: dict[int, socket.socket]) -> dict[int, socket.socket]:
+        """Anything to do with the connections before reporting ready."""
+        return socks
+
+    def stop_sending(self) -> None:
+        """The window closed: no new messages from here on (the drain begins)."""
 
     def adopt(self, socks: dict[int, socket.socket]) -> None:
         """Take over the connected sockets (subclasses register them)."""
