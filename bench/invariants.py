@@ -30,6 +30,9 @@ SPARSE_FEW, SPARSE_MANY = 10, 1000
 SCAN_GROWTH_MIN = 1.5  # select/poll scan every fd per wait: 100x the fds costs far more
 EPOLL_GROWTH_MAX = 2.0
 INTEGRITY_COUNTERS = ("lost", "corrupted", "duplicated", "reordered")
+# The cleanup record of a clean trial; leftover_* must be present, the others
+# are checked when the harness records them.
+CLEAN = {"leftover_procs": 0, "leftover_fds": 0, "left_after_sigterm": 0, "graceful": True}
 
 Check = Callable[[dict], list[str]]
 
@@ -71,16 +74,21 @@ def check_integrity(results: dict) -> list[str]:
 
 
 def check_cleanup(results: dict) -> list[str]:
-    """No process and no fd left behind after any trial (the harness's per-trial record)."""
+    """No process and no fd left behind after any trial (the harness's per-trial record).
+
+    The server must exit on SIGTERM taking its children with it (anything the
+    harness had to SIGKILL counts as left behind), and the orchestrator must
+    hold no more fds after the trial than before it.
+    """
     out = []
     for trial in results["trials"]:
         record = trial.get("cleanup")
         if not isinstance(record, dict):
             out.append(f"{_where(trial)}: harness recorded no cleanup check")
             continue
-        left = {k: record.get(k) for k in ("leftover_procs", "leftover_fds")}
-        if any(v is None or v != 0 for v in left.values()):
-            out.append(f"{_where(trial)}: left behind {left}")
+        wrong = {k: record.get(k) for k, v in CLEAN.items() if record.get(k, v) != v}
+        if wrong or record.get("leftover_procs") is None or record.get("leftover_fds") is None:
+            out.append(f"{_where(trial)}: not clean after the trial: {wrong or record}")
     return out
 
 

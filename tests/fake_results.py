@@ -55,7 +55,8 @@ def trial(scenario: str, model: str, point: dict, repeat: int, *, cpu_util: floa
         "derived": {"cpu_per_msg_us": None, "ctx_per_msg": None, "pss_per_conn_bytes": None,
                     "throughput_msgs_s": None, "p99_us": None, **(derived or {})},
         "load": load if load is not None else load_object(clients),
-        "cleanup": {"leftover_procs": 0, "leftover_fds": 0},
+        "cleanup": {"leftover_procs": 0, "leftover_fds": 0, "left_after_sigterm": 0,
+                    "graceful": True},
     }
 
 

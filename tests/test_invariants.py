@@ -65,6 +65,9 @@ def test_integrity_catches_each_kind_of_message_fault(healthy, counter):
 @pytest.mark.parametrize("edit, words", [
     (_set("cleanup.leftover_procs", 2), "leftover_procs"),
     (_set("cleanup.leftover_fds", 1), "leftover_fds"),
+    (_set("cleanup.left_after_sigterm", 1), "left_after_sigterm"),
+    (_set("cleanup.graceful", False), "graceful"),
+    (lambda t: t["cleanup"].pop("leftover_fds"), "not clean"),
     (lambda t: t.pop("cleanup"), "no cleanup check"),
 ])
 def test_cleanup_catches_leftovers_and_a_missing_record(healthy, edit, words):
