@@ -124,16 +124,15 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
                  {"color": colour(model), "marker": "o", "linewidth": 1.5, "label": model})
         if good:
             xs = [x for x, _ in good]
-            med = [s["median"] * factor for _, s in good]
-            err = [[(s["median"] - s["min"]) * factor for _, s in good],
-                   [(s["max"] - s["median"]) * factor for _, s in good]]
+            med, err = _bars([s for _, s in good], factor)
             ax.errorbar(xs, med, yerr=err, capsize=3, markersize=4, **style)
             all_x += xs
         dead = [p.x for p in run.points(scenario, model) if not p.ok]
         if dead:
             ax.plot(dead, [0.02] * len(dead), linestyle="none", marker="x", markersize=9,
                     markeredgewidth=2, color=style["color"], clip_on=False,
-                    transform=ax.get_xaxis_transform(), label="x on axis: every repeat failed")
+                    transform=ax.get_xaxis_transform(),
+                    label="x on axis: no ok repeat\n(failed or invalid)")
             all_x += dead
     if not all_x:
         ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
@@ -144,6 +143,15 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
         ax.set_yscale("log")
     ax.set_ylabel(f"{m.label} ({unit})")
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _bars(stats: list[dict], factor: float) -> tuple[list[float], list[list[float]]]:
+    """Scaled medians and their [below, above] min-max bar lengths (nan where unmeasured)."""
+    nan = float("nan")
+    rows = [(s["median"], s["min"], s["max"]) if s["median"] is not None else (nan,) * 3
+            for s in stats]
+    return ([m * factor for m, _, _ in rows],
+            [[(m - lo) * factor for m, lo, _ in rows], [(hi - m) * factor for m, _, hi in rows]])
 
 
 def _simple(run: Run, out: Path, name: str, title: str, scenario: str,
@@ -179,15 +187,15 @@ def _polling_interval(run: Run, out: Path) -> Path:
         if not pts:
             continue
         plotted = True
-        cpu = [p.median(CPU) * PERCENT[0] for p in pts]
+        cpu = [p.stat(CPU) for p in pts]
         for m, marker, style in ((P50, "o", "-"), (P99, "^", ":")):
-            lat = [p.median(m) * MS[0] if p.median(m) is not None else float("nan")
-                   for p in pts]
-            ax.plot(cpu, lat, marker=marker, linestyle=style, color=colour(model),
-                    label=f"{model} {m.label}")
-        for p, x, y in zip(pts, cpu, [p.median(P50) * MS[0] for p in pts], strict=True):
-            ax.annotate(f"{fmt_x(p.x)}", (x, y), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
+            lat = [p.stat(m) for p in pts]
+            (x, xerr), (y, yerr) = _bars(cpu, PERCENT[0]), _bars(lat, MS[0])
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker=marker, linestyle=style,
+                        color=colour(model), capsize=3, label=f"{model} {m.label}")
+        for p in pts:
+            ax.annotate(f"{fmt_x(p.x)}", (p.median(CPU) * PERCENT[0], p.median(P50) * MS[0]),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
     if plotted:
         ax.set_xscale("log")
         ax.set_yscale("log")

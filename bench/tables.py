@@ -121,7 +121,9 @@ def scenario_table(run: Run, scenario: str) -> Table:
     table = Table(
         title=f"{meta.get('title', scenario)} (`{scenario}`)",
         columns=["model"] + [f"{label} = {fmt_x(x)}" for x in xs],
-        caption=("Each cell: " + " / ".join(m.label for m in metrics)
+        caption=((f"{meta['description'][:1].upper()}{meta['description'][1:]}. "
+                  if meta.get("description") else "")
+                 + "Each cell: " + " / ".join(m.label for m in metrics)
                  + "; median of the ok repeats, ± half their min-max range."),
     )
     for model in run.models(scenario):
