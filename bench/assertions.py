@@ -31,11 +31,13 @@ def ipc_table(run: Run) -> Table:
     models = [m for m in CHAT_MODELS if run.points("chat_fanout", m)]
     room = run.common_x("chat_fanout", models, P99) if models else None
     metrics = (P50, P99, CPU_PER_MSG, CTX_PER_MSG, CPU)
+    where = (f" Measured at {run.x_label('chat_fanout')} = {fmt_x(room)}, the largest room "
+             "all of them served." if room is not None else "")
     table = Table(
         title="Multi-process needs IPC: the fork chat's relay, measured",
-        columns=["model"] + [header(run, "chat_fanout", m.label, room) for m in metrics],
+        columns=["model"] + [m.label for m in metrics],
         caption="`fork` relays every chat line through socketpairs to a hub process; "
-                "`thread` and `epoll` share the room in one address space.")
+                "`thread` and `epoll` share the room in one address space." + where)
     for model in models:
         table.add(model, *(value_at(run, "chat_fanout", model, m, room) for m in metrics))
     if room is None or "fork" not in models:
@@ -72,17 +74,21 @@ def lock_table(run: Run) -> Table:
             continue
         t, e = (run.median(scenario, m, x, CPU_PER_MSG) for m in ("thread", "epoll"))
         extra[name] = (t, e, x)
-        table.add(name, f"{fmt_x(x)} {run.x_label(scenario)}", fmt(t, "us"), fmt(e, "us"),
+        table.add(name, f"{run.x_label(scenario)} = {fmt_x(x)}", fmt(t, "us"), fmt(e, "us"),
                   fmt_ratio(t / e) if e else "n/a",
                   *(value_at(run, scenario, m, CTX_PER_MSG, x) for m in ("thread", "epoll")))
     if len(extra) == 2:
         (te, ee, _), (tc, ec, room) = extra["echo"], extra["chat"]
         if ee and ec:
+            extra_us = (tc - ec) - (te - ee)
+            verdict = (f"the lock and the hand-offs between threads add about "
+                       f"{fmt(extra_us, 'us')} per chat message beyond the cost of threads alone"
+                       if extra_us > 0 else
+                       "no cost beyond that of threads alone shows in chat "
+                       f"(difference {fmt(extra_us, 'us')})")
             table.sentences.append(
                 f"Threads cost {fmt_ratio(te / ee)} epoll's CPU per message in echo but "
-                f"{fmt_ratio(tc / ec)} in chat (room of {fmt_x(room)}): the lock and the "
-                f"hand-offs between threads add about {fmt((tc - ec) - (te - ee), 'us')} "
-                f"per chat message beyond the cost of threads alone.")
+                f"{fmt_ratio(tc / ec)} in chat (room of {fmt_x(room)}): {verdict}.")
     return table
 
 
@@ -90,20 +96,27 @@ def memory_table(run: Run) -> Table:
     models = run.models("idle")
     xs = run.xs("idle")
     first, last = (xs[0], xs[-1]) if xs else (None, None)
+    ends = list(dict.fromkeys((first, last)))  # one column when the run has one point
     table = Table(
         title="Multi-process memory grows with clients: PSS per connection",
-        columns=["model", header(run, "idle", "PSS", first), header(run, "idle", "PSS", last),
+        columns=["model", *(header(run, "idle", "PSS", x) for x in ends),
                  "PSS per connection (fit)", "PSS per connection (largest point)"],
         caption="PSS counts shared pages once, split among the processes sharing them, so a "
                 "forked tree is not over-counted as RSS would be.")
     slopes = {}
     for model in models:
         slopes[model] = pss_slope(run, model)
-        table.add(model, value_at(run, "idle", model, PSS, first),
-                  value_at(run, "idle", model, PSS, last),
+        table.add(model, *(value_at(run, "idle", model, PSS, x) for x in ends),
                   fmt(slopes[model], "bytes") if slopes[model] is not None else "n/a",
                   value_at(run, "idle", model, PSS_PER_CONN, None))
-    known = {m: s for m, s in slopes.items() if s and s > 0}
+    # The fitted slope where there are two points or more, else the run's own per-connection
+    # figure at the largest point.
+    known = {}
+    for model in models:
+        last_point = run.last_ok("idle", model, PSS_PER_CONN)
+        value = slopes[model] if slopes[model] is not None else (last_point or (None, None))[1]
+        if value and value > 0:
+            known[model] = value
     if "fork" in known and len(known) >= 2:
         others = sorted((s, m) for m, s in known.items() if m != "fork")
         parts = [f"{fmt_ratio(known['fork'] / s)} {m}'s {fmt(s, 'bytes')}"

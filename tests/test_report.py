@@ -297,3 +297,19 @@ def test_units_are_formatted_with_their_prefix():
     assert fmt(3 * 2**20, "bytes") == "3.00 MiB"
     assert fmt(2400, "bytes") == "2.34 KiB"
     assert fmt(41234.0, "msgs") == "41,200 msgs/s"
+
+
+def test_ipc_and_lock_tables_match_the_fixture(rendered):
+    results = fixture()
+    ipc = rendered["tables"]["Multi-process needs IPC: the fork chat's relay, measured"]
+    columns, rows = ipc
+    for row in rows:
+        p99 = expected_median(results, "chat_fanout", row[0], 200, "load.latency_us.p99")
+        assert close(parse_value(row[columns.index("p99 latency")]), p99), row
+    columns, rows = rendered["tables"][
+        "Threads need synchronisation: what the shared chat room costs"]
+    chat = next(r for r in rows if r[0] == "chat")
+    thread, epoll = (expected_median(results, "chat_fanout", m, 200, "derived.cpu_per_msg_us")
+                     for m in ("thread", "epoll"))
+    assert close(parse_value(chat[columns.index("thread CPU/msg")]), thread)
+    assert close(parse_value(chat[columns.index("epoll CPU/msg")]), epoll)
