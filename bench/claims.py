@@ -45,8 +45,11 @@ def value_at(run: Run, scenario: str, model: str, m: Metric, x: Any) -> str:
         if last is None:
             return "not measured"
         return f"{fmt(last[1], m.unit)} at {fmt_x(last[0])} {run.x_label(scenario)}"
-    value = run.median(scenario, model, x, m)
-    return "not measured" if value is None else fmt(value, m.unit)
+    point = run.point(scenario, model, x)
+    value = point.median(m) if point else None
+    if value is None:
+        return "not measured"
+    return fmt(value, m.unit) + (" (ceiling)" if point.noted else "")
 
 
 def header(run: Run, scenario: str, text: str, x: Any) -> str:
@@ -57,10 +60,15 @@ def _limits(run: Run, model: str) -> Cell:
     """What stopped this model, or how its cost grew, as measured."""
     cell = []
     for scenario in run.scenarios:
-        dead = [p for p in run.points(scenario, model) if not p.ok and p.failed]
+        points = run.points(scenario, model)
+        dead = [p for p in points if not p.ok and p.failed]
         if dead:
             reason = (dead[0].failed[0].get("reason") or "no reason recorded")[:70]
             cell.append(f"failed at {fmt_x(dead[0].x)} {run.x_label(scenario)}: {reason}")
+        capped = [p for p in points if p.noted]
+        if capped:
+            cell.append(f"at {fmt_x(capped[0].x)} {run.x_label(scenario)}: "
+                        f"{capped[0].noted[0]['reason'][:70]}")
     sparse = [p for p in run.points("sparse", model) if p.median(CPU_PER_MSG) is not None]
     if len(sparse) >= 2:
         a, b = sparse[0], sparse[-1]

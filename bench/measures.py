@@ -117,6 +117,11 @@ class Point:
     failed: list[dict] = field(default_factory=list)
     invalid: list[dict] = field(default_factory=list)
 
+    @property
+    def noted(self) -> list[dict]:
+        """Ok repeats that carry a reason, e.g. a server's fd ceiling reached."""
+        return [t for t in self.ok if t.get("reason")]
+
     def stat(self, m: Metric) -> dict:
         return summary(metric(t, m.path) for t in self.ok)
 

@@ -86,6 +86,9 @@ def point_cell(point: Point | None, metrics: tuple[Metric, ...]) -> Cell:
         cell.append(fmt(stat["median"], m.unit) + spread(stat))
     if lost:
         cell.append("(+" + ", ".join(lost) + ")")
+    if point.noted:
+        cell.append("(ceiling)" if all(_reason(t).startswith("ceiling") for t in point.noted)
+                    else "(see note)")
     return cell
 
 
@@ -94,7 +97,8 @@ def trouble_notes(run: Run, scenario: str) -> list[str]:
     notes = []
     for model in run.models(scenario):
         for point in run.points(scenario, model):
-            for status, trials in (("failed", point.failed), ("invalid", point.invalid)):
+            for status, trials in (("failed", point.failed), ("invalid", point.invalid),
+                                   ("ok with a note", point.noted)):
                 if not trials:
                     continue
                 reasons = Counter(_reason(t) for t in trials)

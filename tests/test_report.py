@@ -145,11 +145,15 @@ def test_scenario_table_cells_are_the_fixture_medians(rendered, scenario):
     assert checked >= len(rows)
 
 
-def test_failed_and_invalid_trials_are_shown_with_reasons(rendered):
+def test_failed_invalid_and_ceiling_trials_are_shown_with_reasons(rendered):
+    columns, rows = scenario_table(rendered, "sparse")
+    select = next(r for r in rows if r[0] == "select")
+    assert select[columns.index("idle fds = 10,000")] == "2 failed"
+    assert "2 of 2 repeats failed -- 8997 errors (ECONNRESET: 8997)" in rendered["markdown"]
     columns, rows = scenario_table(rendered, "idle")
     select = next(r for r in rows if r[0] == "select")
-    assert select[columns.index("idle clients = 3,000")] == "2 failed"
-    assert "filedescriptor out of range in select()" in rendered["markdown"]
+    assert select[columns.index("idle clients = 3,000")].endswith("<br>(ceiling)")
+    assert "ceiling: 1983 of 3000 connections turned away" in rendered["markdown"]
     columns, rows = scenario_table(rendered, "echo_clients")
     asyncio = next(r for r in rows if r[0] == "asyncio")
     assert "(+1 invalid)" in asyncio[columns.index("clients = 100")]
@@ -160,16 +164,17 @@ def test_seed_mechanism_table_uses_measured_idle_cpu(rendered):
     results = fixture()
     [key] = [k for k in rendered["tables"] if k.startswith("Polling / selecting / interrupt")]
     columns, rows = rendered["tables"][key]
-    # select fails at 3,000 idle clients, so the largest common point is 300.
-    col = columns.index("CPU at idle at idle clients = 300")
+    col = columns.index("CPU at idle at idle clients = 3,000")
     for row in rows:
-        median = expected_median(results, "idle", row[1], 300, "server.cpu_util")
+        median = expected_median(results, "idle", row[1], 3000, "server.cpu_util")
         if median is None:
             assert row[col] == "not measured"
         else:
             assert close(parse_value(row[col]), median), row
     select = next(r for r in rows if r[1] == "select")
-    assert "failed at 3,000 idle clients" in select[-1]
+    assert select[col].endswith("(ceiling)")
+    assert "failed at 10,000 idle fds" in select[-1]
+    assert "connections turned away" in select[-1]
 
 
 def test_seed_chat_table_ratio_matches_the_fixture(rendered):
