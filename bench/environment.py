@@ -1,0 +1,108 @@
+"""What the machine was when a run was taken: the metadata stored beside every result.
+
+Placement changes loopback latency 3-7x on a small VM, so where the server and
+the load generator ran is part of every result, as is everything else that
+decides whether two runs may be compared (kernel, CPU, package versions,
+commit, somaxconn, the fd limit, the load before and after).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("psutil", "numpy", "rich", "hdrhistogram", "matplotlib", "scipy", "uvloop",
+            "muxbench")
+
+
+@dataclass
+class Placement:
+    pinned: bool
+    server_cpus: list[int]
+    client_cpus: list[int]
+    note: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def placement() -> Placement:
+    """Server on the first usable CPU; load generator and sampler on the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return Placement(False, cpus, cpus,
+                         f"only CPU {cpus[0]} is usable: server, load generator and sampler "
+                         "share it, unpinned; latency and CPU figures include that contention")
+    server, clients = cpus[:1], cpus[1:]
+    return Placement(True, server, clients,
+                     f"server pinned to CPU {server[0]}; load generator, sampler and "
+                     f"orchestrator on CPU {','.join(map(str, clients))}")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def packages() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def loadavg() -> list[float]:
+    return list(os.getloadavg())
+
+
+def environment(where: Placement) -> dict:
+    somaxconn = _read("/proc/sys/net/core/somaxconn")
+    return {
+        "kernel": platform.release(),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python_executable": sys.executable,
+        "packages": packages(),
+        "git_commit": git_commit(),
+        "somaxconn": int(somaxconn) if somaxconn and somaxconn.isdigit() else None,
+        "rlimit_nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+        "loadavg_before": loadavg(),
+        "loadavg_after": None,
+        "hostname": socket.gethostname(),
+        "placement": where.as_dict(),
+    }

@@ -1,0 +1,222 @@
+"""The scenarios and suites, as data: what each comparison drives and at which points.
+
+A scenario names a workload, a protocol, the point parameter that is its x
+axis, and its points per suite.  A point is a dict of parameters stored as is
+in every trial (`trial["point"]`); `load_args()` and `server_args()` turn it
+into command-line options.  A point may be limited to some models, for the
+points that only mean something for them (select past fd 1024) or would cost
+minutes for little (a thousand forked children).
+
+Parameters a point may hold:
+  clients          connections (chat: the room size; churn: concurrent connectors)
+  idle, active     sparse: idle connections beside `active` ping-ponging ones
+  size             bytes per message
+  rate             total offered messages/s (open loop)
+  rate_per_client  messages/s per connection (open loop; total = clients * this)
+  interval_ms      polling: the server's sleep between sweeps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE = "c-epoll"  # the C epoll echo server: the limit every echo figure is read against
+SUITES = ("quick", "default", "full")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    duration: float  # measurement window, seconds
+    warmup: float
+    repeats: int
+    sample_interval: float  # seconds between memory samples
+    budget_s: int  # what the suite is designed to fit in on a 2-core machine
+
+
+SUITE_SETTINGS = {
+    "quick": Suite("quick", duration=0.4, warmup=0.15, repeats=1, sample_interval=0.1,
+                   budget_s=120),
+    "default": Suite("default", duration=0.6, warmup=0.2, repeats=2, sample_interval=0.2,
+                     budget_s=600),
+    "full": Suite("full", duration=2.0, warmup=0.5, repeats=5, sample_interval=0.25,
+                  budget_s=0),
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    params: dict
+    models: tuple[str, ...] | None = None  # None: every model of the scenario
+
+
+def pts(key: str, values: list, *, only: tuple[str, ...] | None = None, **fixed) -> list[Point]:
+    """Points varying `key` over `values`, with `fixed` parameters beside it."""
+    return [Point({**fixed, key: v}, only) for v in values]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    workload: str  # `muxbench load --workload`
+    protocol: str
+    x: str
+    x_label: str
+    log_x: bool
+    suites: dict[str, list[Point]]
+    models: tuple[str, ...] | None = None  # None: every available model
+    reference: tuple[str, ...] = ()  # the suites in which the C server runs too
+    why: str = ""
+
+    def metadata(self) -> dict:
+        return {"title": self.title, "x": self.x, "x_label": self.x_label,
+                "workload": self.workload, "protocol": self.protocol, "log_x": self.log_x,
+                "description": self.why}
+
+
+BIG = ("default", "full")  # within 2 minutes, the C server fits in echo_clients only
+SCANNERS = ("select", "poll", "epoll")  # the fd-count comparison
+NOT_FORK = ("polling", "select", "poll", "epoll", "epoll-et", "sigio", "thread", "asyncio",
+            "uvloop")
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario(
+        "idle", "CPU and memory with idle clients", "idle", "echo", "clients",
+        "idle clients", True,
+        {"quick": pts("clients", [100]) + pts("clients", [1100], only=SCANNERS),
+         "default": pts("clients", [100]) + pts("clients", [1100], only=NOT_FORK),
+         "full": pts("clients", [10, 100, 1100, 3000])
+         + pts("clients", [10000], only=NOT_FORK)},
+        why="polling's cost with nothing to do, select's fd ceiling, memory per connection"),
+    Scenario(
+        "cpu_vs_clients", "Server CPU vs clients at a fixed per-client rate", "echo", "echo",
+        "clients", "clients (5 msg/s each, open loop)", True,
+        {"quick": pts("clients", [100], rate_per_client=5, size=64),
+         "default": pts("clients", [10, 100, 1000], rate_per_client=5, size=64),
+         "full": pts("clients", [10, 100, 1000, 3000], rate_per_client=5, size=64)},
+        reference=BIG, why="the headline curve: what each model costs as clients grow"),
+    Scenario(
+        "echo_clients", "Echo throughput and latency vs clients (closed loop)", "echo", "echo",
+        "clients", "clients (closed loop, 64 B)", True,
+        {"quick": pts("clients", [10], size=64),
+         "default": pts("clients", [1, 10, 100], size=64),
+         "full": pts("clients", [1, 10, 100, 1000], size=64)},
+        reference=SUITES, why="how fast each model turns requests around when pushed"),
+    Scenario(
+        "echo_size", "Echo throughput and latency vs message size", "echo", "echo",
+        "size", "message size (bytes)", True,
+        {"quick": pts("size", [4096], clients=10),
+         "default": pts("size", [64, 65536], clients=10),
+         "full": pts("size", [64, 256, 1024, 4096, 16384, 65536], clients=10)},
+        reference=BIG, why="per-message overhead against per-byte copying"),
+    Scenario(
+        "open_loop", "Latency vs offered load (open loop)", "echo", "echo",
+        "rate", "offered load (msgs/s, 50 clients)", True,
+        {"quick": pts("rate", [2000], clients=50, size=64),
+         "default": pts("rate", [1000, 8000], clients=50, size=64),
+         "full": pts("rate", [1000, 2000, 4000, 8000, 16000, 32000], clients=50, size=64)},
+        reference=BIG, why="response time from the intended send, up to each model's knee"),
+    Scenario(
+        "chat_fanout", "Chat fan-out vs room size", "chat", "chat",
+        "clients", "room size (clients)", True,
+        {"quick": pts("clients", [10], rate=100, size=64),
+         "default": pts("clients", [2, 20], rate=100, size=64),
+         "full": pts("clients", [2, 10, 50, 200], rate=100, size=64)},
+        why="deliveries/s and per-receiver latency as every line goes to everyone"),
+    Scenario(
+        "sparse", "CPU per message vs idle connections", "sparse", "echo",
+        "idle", "idle connections (10 active)", True,
+        {"quick": pts("idle", [10], active=10, size=64)
+         + pts("idle", [1000], only=SCANNERS, active=10, size=64),
+         "default": pts("idle", [10], active=10, size=64)
+         + pts("idle", [1000], only=NOT_FORK, active=10, size=64),
+         "full": pts("idle", [10, 100, 1000], active=10, size=64)
+         + pts("idle", [10000], only=NOT_FORK, active=10, size=64)},
+        why="O(watched) against O(ready): what a wait costs as idle fds pile up"),
+    Scenario(
+        "churn", "Connection churn", "churn", "echo",
+        "clients", "concurrent connectors", True,
+        {"quick": pts("clients", [4], size=64),
+         "default": pts("clients", [4], size=64),
+         "full": pts("clients", [1, 8, 32], size=64)},
+        why="connections/s: fork vs thread vs an event loop"),
+    Scenario(
+        "polling_interval", "Polling interval: CPU vs latency", "echo", "echo",
+        "interval_ms", "polling interval (ms)", False,
+        {"quick": pts("interval_ms", [0, 10], clients=10, rate=500, size=64),
+         "default": pts("interval_ms", [0, 1, 10, 100], clients=10, rate=500, size=64),
+         "full": pts("interval_ms", [0, 0.1, 1, 10, 100], clients=10, rate=500, size=64)},
+        models=("polling",), why="the seed's 'delay grows with the polling period'"),
+)}
+
+
+def scenario_models(scenario: Scenario, suite: str, available: list[str]) -> list[str]:
+    """The models a scenario runs, in catalogue order (the C server last)."""
+    names = [m for m in available if m != REFERENCE
+             and (scenario.models is None or m in scenario.models)]
+    if suite in scenario.reference and REFERENCE in available:
+        names.append(REFERENCE)
+    return names
+
+
+def point_models(point: Point, models: list[str]) -> list[str]:
+    return [m for m in models if point.models is None or m in point.models]
+
+
+def load_args(scenario: Scenario, params: dict) -> list[str]:
+    """`muxbench load` options for one point (host, port, timing and --json added later)."""
+    args = ["--workload", scenario.workload]
+    if "idle" in params:
+        clients = params["idle"] + params.get("active", 0)
+        args += ["--clients", str(clients), "--active", str(params.get("active", 0))]
+    else:
+        args += ["--clients", str(params["clients"])]
+    if "size" in params:
+        args += ["--size", str(params["size"])]
+    rate = params.get("rate")
+    if "rate_per_client" in params:
+        rate = params["rate_per_client"] * params["clients"]
+    if rate is not None:
+        args += ["--rate", f"{rate:g}"]
+    return args
+
+
+def server_args(params: dict) -> list[str]:
+    if params.get("interval_ms"):
+        return ["--interval", f"{params['interval_ms'] / 1000:g}"]
+    return []
+
+
+def connections(params: dict) -> int:
+    return params.get("clients", 0) + params.get("idle", 0) + params.get("active", 0)
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    scenario: Scenario
+    model: str
+    point: dict
+    repeat: int
+
+
+def plan(suite: str, scenarios: list[Scenario], available: list[str],
+         repeats: int) -> list[PlannedTrial]:
+    """Every trial of a suite, in run order.
+
+    Models take turns at each point, and the order rotates with the point and
+    the repeat, so no model always runs first (on a cold cache) or right after
+    the one that heats the machine most.
+    """
+    out = []
+    for repeat in range(repeats):
+        for scenario in scenarios:
+            models = scenario_models(scenario, suite, available)
+            for index, point in enumerate(scenario.suites[suite]):
+                turn = point_models(point, models)
+                if not turn:
+                    continue
+                shift = (repeat + index) % len(turn)
+                out += [PlannedTrial(scenario, m, dict(point.params), repeat)
+                        for m in turn[shift:] + turn[:shift]]
+    return out

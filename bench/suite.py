@@ -1,0 +1,260 @@
+"""`muxbench bench`: run a suite of trials and store results/<run-id>/results.json.
+
+Trials of different models are interleaved and repeated; results.json is
+rewritten atomically after every trial, so an interrupted or killed run keeps
+every trial it completed.  Ctrl-C (or SIGTERM) stops within seconds: the
+current trial's processes are killed, the file is written with status
+"interrupted", and the exit status is 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from bench import procs
+from bench.console import Display, describe, summary_table
+from bench.environment import Placement, environment, loadavg, placement
+from bench.results import (
+    SCHEMA_VERSION,
+    new_run_id,
+    point_latest,
+    utc_now,
+    write_results_atomic,
+)
+from bench.scenarios import (
+    REFERENCE,
+    SCENARIOS,
+    SUITE_SETTINGS,
+    SUITES,
+    PlannedTrial,
+    connections,
+    load_args,
+    plan,
+)
+from bench.trial import Launched, TrialSpec, run_trial
+from servers.models import MODELS
+
+
+def _names(values: list[str] | None) -> list[str]:
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    parser.add_argument("--suite", choices=SUITES, default="default",
+                        help="quick (<= 2 min, a few points of every scenario), default "
+                             "(<= 10 min, what `make bench` runs) or full (up to 10000 "
+                             "clients, 5 repeats); default: default")
+    parser.add_argument("--models", action="append", metavar="M[,M...]",
+                        help="only these models (repeatable; default every available one, "
+                             f"plus {REFERENCE} where gcc exists)")
+    parser.add_argument("--scenarios", action="append", metavar="S[,S...]",
+                        help="only these scenarios (repeatable): " + ", ".join(SCENARIOS))
+    parser.add_argument("--repeats", type=_positive, default=None,
+                        help="repeats of every point (default: the suite's)")
+    parser.add_argument("--duration-scale", type=_positive_float, default=1.0,
+                        help="multiply every measurement window and warm-up (default 1)")
+    parser.add_argument("--out", default="results",
+                        help="directory holding the runs and the `latest` link (default results)")
+    parser.add_argument("--no-cgroup", action="store_true",
+                        help="measure server CPU with psutil even where a cgroup could be made")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials the suite would run, and run none")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _models(wanted: list[str]) -> tuple[list[str], dict[str, str], list[str] | None]:
+    """(models to run, {model: why it is skipped}, the C server's argv)."""
+    skipped: dict[str, str] = {}
+    models = []
+    for name, model in MODELS.items():
+        reason = model.unavailable_reason()
+        if reason:
+            skipped[name] = reason
+        elif not wanted or name in wanted:
+            models.append(name)
+    reference_cmd = None
+    if not wanted or REFERENCE in wanted:
+        try:
+            from servers.reference import reference_server_command
+            reference_cmd = reference_server_command()
+            if reference_cmd is None:
+                skipped[REFERENCE] = "no C compiler found, the C reference server is skipped"
+        except (ImportError, RuntimeError, OSError) as exc:
+            skipped[REFERENCE] = f"C reference server unavailable: {exc}"
+        if reference_cmd:
+            models.append(REFERENCE)
+    return models, skipped, reference_cmd
+
+
+def _spec(planned: PlannedTrial, args: argparse.Namespace, reference_cmd) -> TrialSpec:
+    settings = SUITE_SETTINGS[args.suite]
+    sc = planned.scenario
+    return TrialSpec(
+        scenario=sc.name, workload=sc.workload, model=planned.model, protocol=sc.protocol,
+        point=planned.point, repeat=planned.repeat,
+        duration=settings.duration * args.duration_scale,
+        warmup=settings.warmup * args.duration_scale,
+        sample_interval=settings.sample_interval,
+        load_args=load_args(sc, planned.point), connections=connections(planned.point),
+        reference_cmd=reference_cmd)
+
+
+def _run_dir(out: Path, suite: str) -> Path:
+    base = new_run_id(suite)
+    run_dir, n = out / base, 1
+    while run_dir.exists():  # two runs in one second (tests do that)
+        n += 1
+        run_dir = out / f"{base}.{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    wanted_models, wanted_scenarios = _names(args.models), _names(args.scenarios)
+    unknown = ([m for m in wanted_models if m not in MODELS and m != REFERENCE]
+               + [s for s in wanted_scenarios if s not in SCENARIOS])
+    if unknown:
+        print(f"muxbench bench: unknown model or scenario: {', '.join(unknown)} "
+              f"(models: {', '.join([*MODELS, REFERENCE])}; scenarios: "
+              f"{', '.join(SCENARIOS)})", file=sys.stderr)
+        return 2
+    models, skipped, reference_cmd = _models(wanted_models)
+    scenarios = [SCENARIOS[s] for s in (wanted_scenarios or SCENARIOS)]
+    repeats = args.repeats or SUITE_SETTINGS[args.suite].repeats
+    planned = plan(args.suite, scenarios, models, repeats)
+    if not planned:
+        print("muxbench bench: nothing to run for these models and scenarios", file=sys.stderr)
+        return 2
+    specs = [_spec(p, args, reference_cmd) for p in planned]
+    if args.dry_run:
+        for spec in specs:
+            print(describe(spec.scenario, spec.model, spec.point, spec.repeat))
+        print(f"{len(specs)} trials")
+        return 0
+    return _execute(args, specs, scenarios, skipped)
+
+
+def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -> int:
+    where = placement()
+    out = Path(args.out)
+    run_dir = _run_dir(out, args.suite)
+    env = environment(where)
+    env["skipped_models"] = skipped
+    results = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": args.suite,
+               "status": "running", "started_at": utc_now(), "finished_at": None,
+               "environment": env, "scenarios": {s.name: s.metadata() for s in scenarios},
+               "trials": []}
+    path = run_dir / "results.json"
+    write_results_atomic(path, results)
+    point_latest(out, run_dir)
+    previous = _install_interrupt()
+    own_cpus = os.sched_getaffinity(0)
+    runner = Runner(specs, where, use_cgroup=not args.no_cgroup)
+    try:
+        if where.pinned:
+            # The orchestrator (and so the load generator it starts) stays off the server's CPU.
+            os.sched_setaffinity(0, where.client_cpus)
+        with Display(len(specs)) as display:
+            display.note(f"muxbench bench: {len(specs)} trials -> {path}  ({where.note})")
+            for name, reason in skipped.items():
+                display.note(f"muxbench bench: skipping {name}: {reason}")
+            for index in range(len(specs)):
+                results["trials"].append(runner.run(index, display))
+                write_results_atomic(path, results)
+        results["status"] = "complete"
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+    finally:
+        runner.close()
+        procs.kill_all()
+        os.sched_setaffinity(0, own_cpus)
+        results["finished_at"] = utc_now()
+        env["loadavg_after"] = loadavg()
+        write_results_atomic(path, results)
+        _restore(previous)
+    Display(0).console.print(summary_table(results))
+    failed = sum(t["status"] != "ok" for t in results["trials"])
+    print(f"muxbench bench: {results['status']}: {len(results['trials'])} trials "
+          f"({failed} not ok) in {path}", file=sys.stderr)
+    return 130 if results["status"] == "interrupted" else 0
+
+
+class Runner:
+    """Runs the trials in order, starting each server while the previous trial's
+    load generator drains (its window has closed, so it measures nothing then)."""
+
+    def __init__(self, specs: list[TrialSpec], where: Placement, use_cgroup: bool) -> None:
+        self.specs, self.where, self.use_cgroup = specs, where, use_cgroup
+        self.pending: dict[int, Launched] = {}
+        self.lock = threading.RLock()
+
+    def _launch(self, index: int) -> Launched:
+        with self.lock:
+            if index not in self.pending:
+                self.pending[index] = Launched.start(self.specs[index], self.where,
+                                                     self.use_cgroup)
+            return self.pending[index]
+
+    def run(self, index: int, display: Display) -> dict:
+        spec = self.specs[index]
+        label = describe(spec.scenario, spec.model, spec.point, spec.repeat)
+        display.started(label)
+        server = self._launch(index)
+        ahead = (lambda: self._launch(index + 1)) if index + 1 < len(self.specs) else None
+        try:
+            trial = run_trial(spec, self.where, server, on_window_end=ahead,
+                              fds_ahead=self._fds_ahead)
+        finally:
+            with self.lock:
+                self.pending.pop(index, None)
+        display.finished(label, trial)
+        return trial
+
+    def _fds_ahead(self) -> set[int]:
+        with self.lock:
+            return {launched.proc.stdout.fileno() for launched in self.pending.values()
+                    if launched.proc.stdout and not launched.proc.stdout.closed}
+
+    def close(self) -> None:
+        with self.lock:
+            for launched in self.pending.values():
+                launched.dispose()
+            self.pending.clear()
+
+
+def _install_interrupt() -> dict:
+    def interrupted(signum, frame):
+        # Once: the clean-up that follows must not be interrupted in turn.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

@@ -1,0 +1,67 @@
+"""What a trial's raw outcome means: its status and reason, and the per-message figures.
+
+Statuses (CONTRACTS.md section 3): "ok" -- measured, and the numbers mean what
+they say; "invalid" -- the run completed but the load generator itself was
+the bottleneck, so the server was not the limit; "failed" -- the server died
+or never started, the generator produced nothing, or a message was lost,
+corrupted, duplicated or reordered.  A server turning idle clients away at
+its own limit (select past fd 1023) is the measurement, not a failure: "ok"
+with the ceiling in the reason.
+"""
+
+from __future__ import annotations
+
+INTEGRITY = ("lost", "corrupted", "duplicated", "reordered")
+
+
+def classify(workload: str, load: dict | None, outcome: dict, server_status: int | None,
+             server_log: str) -> tuple[str, str | None]:
+    if server_status is not None:
+        return "failed", (f"server exited with status {server_status} during the trial"
+                          + (f": {server_log}" if server_log else ""))
+    if outcome["timed_out"]:
+        return "failed", f"load generator did not finish within {outcome['timeout_s']:.0f} s"
+    if load is None:
+        return "failed", (f"load generator exited with status {outcome['exit_status']} "
+                          f"and no results: {outcome['stderr'] or 'no message'}")
+    bad = [f"{load[k]} {k}" for k in INTEGRITY if load.get(k)]
+    if bad:
+        return "failed", "integrity: " + ", ".join(bad)
+    if not load.get("connected") and workload != "churn":
+        return "failed", f"no connection established ({_kinds(load)})"
+    if outcome["exit_status"] == 2:
+        return "failed", f"load generator could not reach the server ({_kinds(load)})"
+    if load.get("errors"):
+        turned_away = (f"{load['errors']} of {load['clients']} connections turned away "
+                       f"({_kinds(load)})")
+        if workload == "idle":
+            return "ok", f"ceiling: {turned_away}"
+        return "failed", f"{load['errors']} errors ({_kinds(load)})"
+    if load.get("valid") is False:
+        return "invalid", load.get("invalid_reason") or "load generator marked the run invalid"
+    return "ok", None
+
+
+def _kinds(load: dict) -> str:
+    kinds = load.get("errors_by_kind") or {}
+    return ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) or "no error kinds given"
+
+
+def derived(server: dict | None, load: dict | None) -> dict:
+    """Per-message and per-connection figures, None where they do not apply."""
+    out = {"cpu_per_msg_us": None, "ctx_per_msg": None, "pss_per_conn_bytes": None,
+           "throughput_msgs_s": None, "p99_us": None}
+    if load:
+        out["throughput_msgs_s"] = load.get("throughput_msgs_s")
+        out["p99_us"] = (load.get("latency_us") or {}).get("p99")
+    if not (server and load):
+        return out
+    messages = load.get("received") or 0
+    if messages > 0:
+        out["cpu_per_msg_us"] = server["cpu_s"] / messages * 1e6
+        out["ctx_per_msg"] = (server["ctx_voluntary"] + server["ctx_involuntary"]) / messages
+    baseline, mean = server.get("pss_baseline_bytes"), server.get("pss_mean_bytes")
+    connected = load.get("connected") or 0
+    if baseline is not None and mean is not None and connected > 0:
+        out["pss_per_conn_bytes"] = (mean - baseline) / connected
+    return out
