@@ -35,11 +35,13 @@ _pack = HEADER.pack
 
 
 class EchoConn:
-    __slots__ = ("active", "alive", "arrivals", "buf", "cid", "fd", "inflight", "missing",
-                 "out", "pattern", "seq", "sock", "waiting")
+    __slots__ = ("active", "alive", "arrivals", "body", "buf", "cid", "fd", "inflight",
+                 "missing", "out", "pattern", "recv", "seq", "sock", "waiting")
 
     def __init__(self, cid: int, sock: socket.socket, pattern: Pattern, active: bool) -> None:
         self.cid, self.sock, self.fd, self.pattern = cid, sock, sock.fileno(), pattern
+        # Looked up once: these are used for every message.
+        self.body, self.recv = pattern.body, sock.recv
         self.active = active
         self.alive = True
         self.buf = b""
@@ -76,7 +78,7 @@ class EchoWorker(Worker):
     def send(self, c: EchoConn, due: int, now: int) -> None:
         seq = c.seq
         c.seq = seq + 1
-        frame = _pack(seq, c.cid, TAG) + c.pattern.body
+        frame = _pack(seq, c.cid, TAG) + c.body
         c.inflight.append((seq, frame, due, now))
         if self.ws <= due < self.we:
             self.tally.sent += 1
@@ -111,15 +113,11 @@ class EchoWorker(Worker):
             else:
                 self.send_due(c, due, now, free=True)
 
-    def refill(self, c: EchoConn, now: int) -> None:
-        """A reply freed a slot: closed loop sends the next one, open loop a held-back one."""
-        if self.open_loop:
-            if c.waiting is not None and len(c.inflight) < self.plan.depth:
-                due, c.waiting = c.waiting, None
-                self.send_due(c, due, now, free=False)
-        else:
-            while len(c.inflight) < self.plan.depth and c.alive:
-                self.send(c, now, now)
+    def release(self, c: EchoConn, now: int) -> None:
+        """Open loop: a reply freed a slot; send the message held back for it, if any."""
+        if c.waiting is not None and len(c.inflight) < self.plan.depth:
+            due, c.waiting = c.waiting, None
+            self.send_due(c, due, now, free=False)
 
     # -- receiving --------------------------------------------------------------
     def split(self, c: EchoConn, data: bytes) -> list[bytes]:
@@ -135,12 +133,14 @@ class EchoWorker(Worker):
         clock = time.perf_counter_ns
         timer = Timer() if self.open_loop else None
         sleep_until(go.t0)
+        depth, send = plan.depth, self.send
         if self.open_loop:
             self.schedule_first(go.t0)
         else:
             now = clock()
             for c in self.active:
-                self.refill(c, now)
+                while len(c.inflight) < depth and c.alive:
+                    send(c, now, now)
         conns, poll, tally, size = self.conns, self.ep.poll, self.tally, plan.size
         heap, armed = self.heap, 0
         if timer is not None:
@@ -174,7 +174,7 @@ class EchoWorker(Worker):
                 if ev & OUT:
                     self.flush(c)
                 try:
-                    data = c.sock.recv(bufsize)
+                    data = c.recv(bufsize)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -204,8 +204,13 @@ class EchoWorker(Worker):
                         record(t - due)
                         if open_loop:
                             serve(t - entry[3])
-                if c.active and (phases.sending or open_loop):
-                    self.refill(c, t)
+                if not c.active:
+                    continue
+                if open_loop:
+                    self.release(c, t)
+                elif phases.sending:
+                    while len(inflight) < depth and c.alive:
+                        send(c, t, t)
         if timer is not None:
             timer.close()
         unsent = len(heap) + sum(c.waiting is not None for c in self.all)
