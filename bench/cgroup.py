@@ -70,6 +70,13 @@ class CpuCgroup:
         except OSError:
             return []
 
+    def wait_empty(self, timeout: float) -> list[int]:
+        """Wait for killed tasks to leave; returns those still there at the timeout."""
+        deadline = time.monotonic() + timeout
+        while (left := self.procs()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return left
+
     def cpu(self) -> tuple[float, float, float]:
         """Cumulative (total seconds, user share, system share) of every task ever in
         the group.  The total is the scheduler's exact runtime; the user/system

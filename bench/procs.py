@@ -65,7 +65,11 @@ def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> int:
 
 def stop_group(proc: subprocess.Popen, grace: float) -> dict:
     """SIGTERM the leader and give it `grace` seconds to exit and take its
-    children with it; then SIGKILL the group.  Returns what was found."""
+    children with it; then SIGKILL whatever of the group is left.
+
+    `leftover_procs` counts what the server left behind (itself, if it ignored
+    SIGTERM, and any child that outlived it): the server's fault, recorded.
+    `remaining_after_kill` is the harness's own guarantee and should be 0."""
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
@@ -73,7 +77,7 @@ def stop_group(proc: subprocess.Popen, grace: float) -> dict:
         graceful = True
     except subprocess.TimeoutExpired:
         status, graceful = None, False
-    # Children a well-behaved server reaps on the way out; give the last of
+    # A well-behaved server reaps its children on the way out; give the last of
     # them a moment to be collected before calling them left behind.
     deadline = time.monotonic() + 0.5
     left = group_members(proc.pid)
@@ -82,8 +86,14 @@ def stop_group(proc: subprocess.Popen, grace: float) -> dict:
         left = group_members(proc.pid)
     killed = kill_group(proc)
     return {"graceful": graceful, "exit_status": status if graceful else proc.returncode,
-            "left_after_sigterm": len(left), "killed": killed,
-            "leftover_procs": len(group_members(proc.pid))}
+            "leftover_procs": len(left) + (not graceful), "killed": killed,
+            "remaining_after_kill": len(group_members(proc.pid))}
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def kill_all() -> None:

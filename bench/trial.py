@@ -99,7 +99,12 @@ class Launched:
     def dispose(self) -> dict:
         record = procs.stop_group(self.proc, STOP_GRACE)
         if self.cgroup is not None:
-            record["leftover_procs"] += len(self.cgroup.procs())
+            # Whatever left the process group (setsid) is still in the cgroup.
+            escaped = self.cgroup.wait_empty(0.5)
+            if escaped:
+                record["leftover_procs"] += len(escaped)
+                procs.kill_pids(escaped)
+                record["remaining_after_kill"] += len(self.cgroup.wait_empty(1.0))
             self.cgroup.remove()
         self.stderr_path.unlink(missing_ok=True)
         return record
@@ -149,9 +154,10 @@ def run_trial(spec: TrialSpec, where: Placement, server: Launched, on_window_end
         cleanup["leftover_fds"] = len(procs.open_fds() - fds_before - fds_ahead())
         trial["cleanup"] = cleanup
         trial["duration_s"] = round(time.monotonic() - t0, 3)
-        if cleanup["leftover_procs"] or not cleanup["graceful"]:
-            note = (f"cleanup: server {'did not exit' if not cleanup['graceful'] else 'exited'}"
-                    f" on SIGTERM, {cleanup['left_after_sigterm']} process(es) left")
+        if cleanup["leftover_procs"]:
+            note = (f"cleanup: {cleanup['leftover_procs']} process(es) outlived the server's "
+                    "stop" + ("" if cleanup["graceful"] else " (it ignored SIGTERM)")
+                    + f"; {cleanup['killed']} killed")
             trial["reason"] = f"{trial['reason']}; {note}" if trial["reason"] else note
 
 

@@ -1,0 +1,264 @@
+"""The bench harness: results files, trial verdicts, clean-up on failure and on Ctrl-C.
+
+Misbehaving servers are small real programs (they listen, print the ready
+line, fork a child, then crash, ignore SIGTERM or never get ready); the trial
+must record what happened and leave no process of theirs alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import results as R
+from bench.cgroup import CGROUP_ROOT, PREFIX
+from bench.environment import placement
+from bench.procs import group_members
+from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
+from bench.suite import _models
+from bench.trial import Launched, TrialSpec, run_trial
+from bench.verdict import classify
+from tests.support import MUXBENCH, ROOT, process_tree, wait_for
+
+# ---- results.json --------------------------------------------------------------------
+
+
+def _run(trials: list[dict]) -> dict:
+    return {"schema_version": R.SCHEMA_VERSION, "run_id": "r", "suite": "quick",
+            "status": "complete", "started_at": R.utc_now(), "environment": {},
+            "scenarios": {"idle": {"x": "clients"}}, "trials": trials}
+
+
+def _trial(clients: int, cpu: float | None, status: str = "ok") -> dict:
+    return {"scenario": "idle", "model": "epoll", "protocol": "echo",
+            "point": {"clients": clients}, "repeat": 0, "status": status,
+            "derived": {"cpu_per_msg_us": cpu}}
+
+
+def test_results_round_trip_group_and_summarise(tmp_path):
+    data = _run([_trial(10, 3.0), _trial(10, 5.0), _trial(10, 4.0), _trial(100, None),
+                 _trial(10, 99.0, status="invalid")])
+    run_dir = tmp_path / "results" / "run-1"
+    R.write_results_atomic(run_dir / "results.json", data)
+    R.point_latest(tmp_path / "results", run_dir)
+    assert [p.name for p in run_dir.iterdir()] == ["results.json"]  # no temp file left
+    loaded = R.load_results(R.resolve_run(None, tmp_path / "results"))
+    assert loaded == data
+    assert R.resolve_run("run-1", tmp_path / "results") == run_dir.resolve()
+    groups = R.group_points(loaded)
+    assert sorted(groups) == [("idle", "epoll", "echo", 10), ("idle", "epoll", "echo", 100)]
+    stats = R.point_summary(loaded, "derived.cpu_per_msg_us")
+    assert stats["idle", "epoll", "echo", 10] == {"median": 4.0, "min": 3.0, "max": 5.0, "n": 3}
+    assert stats["idle", "epoll", "echo", 100]["n"] == 0
+    assert len(R.group_points(loaded, ("ok", "invalid"))["idle", "epoll", "echo", 10]) == 4
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("{not json", "not valid JSON"),
+    (json.dumps({"schema_version": 99}), "schema_version 99"),
+    (json.dumps({"schema_version": 1, "run_id": "x"}), "missing key"),
+])
+def test_load_results_refuses_bad_files_in_one_line(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(R.ResultsError, match=message) as info:
+        R.load_results(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_resolve_run_without_latest_is_a_results_error(tmp_path):
+    with pytest.raises(R.ResultsError, match="latest"):
+        R.resolve_run(None, tmp_path)
+
+
+# ---- verdicts --------------------------------------------------------------------------
+
+OUTCOME = {"timed_out": False, "exit_status": 0, "stderr": "", "timeout_s": 30.0}
+
+
+def _load(**over) -> dict:
+    base = {"clients": 1100, "connected": 1100, "errors": 0, "errors_by_kind": {}, "lost": 0,
+            "corrupted": 0, "duplicated": 0, "reordered": 0, "valid": True,
+            "invalid_reason": None}
+    return {**base, **over}
+
+
+def test_verdicts():
+    assert classify("echo", _load(), OUTCOME, None, "") == ("ok", None)
+    status, reason = classify("idle", _load(errors=76, errors_by_kind={"EOF": 76}),
+                              OUTCOME, None, "")
+    assert status == "ok" and reason.startswith("ceiling: 76 of 1100")
+    assert classify("echo", _load(errors=3), OUTCOME, None, "")[0] == "failed"
+    assert classify("echo", _load(lost=2), OUTCOME, None, "") == ("failed", "integrity: 2 lost")
+    assert classify("echo", _load(valid=False, invalid_reason="client saturated"), OUTCOME,
+                    None, "") == ("invalid", "client saturated")
+    status, reason = classify("echo", _load(), OUTCOME, -9, "boom")
+    assert status == "failed" and "status -9" in reason and "boom" in reason
+    assert classify("echo", None, {**OUTCOME, "exit_status": 1}, None, "")[0] == "failed"
+
+
+# ---- trials with misbehaving servers ---------------------------------------------------
+
+FAKE_SERVER = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    mode = sys.argv[1]
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(128)
+    if mode == "silent":
+        time.sleep(60)
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.fork() == 0:
+        time.sleep(60); os._exit(0)
+    print(f"listening on 127.0.0.1:{s.getsockname()[1]}", flush=True)
+    conns, end = [], time.monotonic() + (0.3 if mode == "crash" else 60)
+    s.settimeout(0.05)
+    while time.monotonic() < end:
+        try:
+            conns.append(s.accept()[0])
+        except OSError:
+            pass
+    os._exit(3)
+""")
+
+
+def _spec(model: str = REFERENCE, cmd: list[str] | None = None, clients: int = 20) -> TrialSpec:
+    return TrialSpec("idle", "idle", model, "echo", {"clients": clients}, 0, duration=0.5,
+                     warmup=0.1, sample_interval=0.05,
+                     load_args=["--workload", "idle", "--clients", str(clients)],
+                     connections=clients, reference_cmd=cmd)
+
+
+def _trial_with(cmd: list[str] | None, model: str = REFERENCE) -> tuple[dict, int]:
+    where = placement()
+    server = Launched.start(_spec(model, cmd), where, use_cgroup=True)
+    trial = run_trial(_spec(model, cmd), where, server)
+    return trial, server.proc.pid
+
+
+def _assert_all_gone(pid: int) -> None:
+    assert group_members(pid) == []
+    assert not list(CGROUP_ROOT.glob(f"*/{PREFIX}{os.getpid()}-{pid}"))
+
+
+def test_a_real_trial_measures_and_cleans_up():
+    trial, pid = _trial_with(None, model="epoll")
+    assert trial["status"] == "ok", trial["reason"]
+    assert trial["load"]["connected"] == 20
+    server = trial["server"]
+    assert server["window"] == "loadgen" and 0.4 < server["wall_s"] < 2.0
+    assert server["fds_peak"] >= 20 and server["samples"] >= 2
+    assert trial["cleanup"] == {"graceful": True, "exit_status": 0, "leftover_procs": 0,
+                                "killed": 0, "remaining_after_kill": 0, "leftover_fds": 0}
+    _assert_all_gone(pid)
+
+
+def test_server_crash_is_a_failed_trial_and_its_orphan_is_killed():
+    trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "crash"])
+    assert trial["status"] == "failed"
+    assert "server exited with status 3" in trial["reason"]
+    assert trial["cleanup"]["leftover_procs"] == 1  # the forked child outlived it
+    assert trial["cleanup"]["remaining_after_kill"] == 0
+    _assert_all_gone(pid)
+
+
+def test_server_ignoring_sigterm_is_killed_and_recorded():
+    trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "stubborn"])
+    assert trial["cleanup"]["graceful"] is False
+    assert trial["cleanup"]["leftover_procs"] >= 2  # itself and its child
+    assert "ignored SIGTERM" in trial["reason"]
+    _assert_all_gone(pid)
+
+
+def test_server_that_never_gets_ready(monkeypatch):
+    monkeypatch.setattr("bench.trial.READY_TIMEOUT", 1.0)
+    trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "silent"])
+    assert trial["status"] == "failed" and trial["reason"].startswith("server did not start")
+    assert trial["load"] is None
+    _assert_all_gone(pid)
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_keeps_completed_trials_and_leaves_nothing(tmp_path):
+    proc = subprocess.Popen([*MUXBENCH, "bench", "--suite", "quick", "--models", "epoll,select",
+                             "--scenarios", "echo_clients,idle", "--out", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    seen: set[int] = set()
+    try:
+        latest = tmp_path / "latest" / "results.json"
+
+        def trials_done() -> int:
+            try:
+                return len(json.loads(latest.read_text())["trials"])
+            except (OSError, ValueError):
+                return 0
+
+        assert wait_for(lambda: trials_done() >= 1, timeout=60), "no trial completed"
+
+        def load_running() -> bool:
+            tree = process_tree(proc.pid)
+            seen.update(tree)
+            return any(b"load" in _cmdline(p) for p in tree)
+
+        assert wait_for(load_running, timeout=30), "no load generator seen"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    data = R.load_results(tmp_path / "latest")
+    assert data["status"] == "interrupted" and data["finished_at"]
+    assert len(data["trials"]) >= 1
+    assert all(t["status"] in ("ok", "failed", "invalid") for t in data["trials"])
+    assert [p for p in seen if Path(f"/proc/{p}").exists() and _state(p) != "Z"] == []
+    assert not list(CGROUP_ROOT.glob(f"*/{PREFIX}{proc.pid}-*"))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+# ---- the quick suite (shared run; the acceptance criteria of `make bench-quick`) --------
+
+
+def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
+    data = R.load_results(quick_run)
+    assert data["status"] == "complete"
+    available, _, _ = _models([])
+    assert set(data["scenarios"]) == set(SCENARIOS)
+    planned = plan("quick", list(SCENARIOS.values()), available, 1)
+    assert len(data["trials"]) == len(planned)
+    for name, scenario in SCENARIOS.items():
+        ran = {t["model"] for t in data["trials"] if t["scenario"] == name}
+        assert ran == set(scenario_models(scenario, "quick", available)), name
+    for trial in data["trials"]:
+        if trial["status"] != "ok":
+            assert trial["reason"], trial
+        assert trial["cleanup"]["leftover_procs"] == 0, trial
+        assert trial["cleanup"]["remaining_after_kill"] == 0, trial
+        assert trial["cleanup"]["leftover_fds"] == 0, trial
+    placement_note = data["environment"]["placement"]
+    assert placement_note["pinned"] == (len(os.sched_getaffinity(0)) > 1)
