@@ -209,17 +209,8 @@ def test_idle_cpu_invariant_catches_a_real_spinning_server():
 
 # -- the real quick run ----------------------------------------------------------------
 
-def quick_run_results(request) -> dict:
-    try:
-        run_dir = request.getfixturevalue("quick_run")
-    except pytest.FixtureLookupError:
-        pytest.skip("tests/conftest.py has no quick_run fixture yet")
-    return load_results(run_dir)
-
-
-def test_quick_run_satisfies_every_invariant(request):
-    results = quick_run_results(request)
+def test_quick_run_satisfies_every_invariant(quick_run):
+    results = load_results(quick_run)
     violations = {k: v for k, v in invariants.check_all(results).items() if v}
     assert not violations, "\n".join(f"{k}: {line}" for k, v in violations.items()
                                      for line in v)
-
