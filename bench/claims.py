@@ -24,7 +24,7 @@ from bench.measures import (
     fmt_ratio,
     fmt_x,
 )
-from bench.tables import Cell, Table
+from bench.tables import Cell, Table, point_cell
 
 # The seed's three ways to learn that a socket is ready, and the models that show each.
 MECHANISMS = [
@@ -39,17 +39,16 @@ EVENT_DRIVEN = ("epoll", "epoll-et", "select", "poll", "asyncio", "uvloop")
 
 
 def value_at(run: Run, scenario: str, model: str, m: Metric, x: Any) -> str:
-    """A median with its unit; with the point when x is not already in the header."""
+    """A median with its unit, or why there is none; with the point when x is None (the
+    model's largest measured point is used then)."""
     if x is None:
         last = run.last_ok(scenario, model, m)
+        points = run.points(scenario, model)
         if last is None:
-            return "not measured"
-        return f"{fmt(last[1], m.unit)} at {fmt_x(last[0])} {run.x_label(scenario)}"
-    point = run.point(scenario, model, x)
-    value = point.median(m) if point else None
-    if value is None:
-        return "not measured"
-    return fmt(value, m.unit) + (" (ceiling)" if point.noted else "")
+            return " ".join(point_cell(points[-1], (m,))) if points else "not measured"
+        return (" ".join(point_cell(run.point(scenario, model, last[0]), (m,)))
+                + f" at {fmt_x(last[0])} {run.x_label(scenario)}")
+    return " ".join(point_cell(run.point(scenario, model, x), (m,)))
 
 
 def header(run: Run, scenario: str, text: str, x: Any) -> str:
@@ -97,13 +96,19 @@ def mechanism_table(run: Run) -> Table:
     if not models:
         table.notes.append("None of the models of this comparison was measured.")
         return table
-    idle = sorted((run.median("idle", m, idle_x, CPU), m) for m in names
-                  if idle_x is not None and run.median("idle", m, idle_x, CPU))
+    idle = sorted((v, m) for m in names if idle_x is not None
+                  and (v := run.median("idle", m, idle_x, CPU)) is not None)
     if len(idle) >= 2:
         (lo, lo_m), (hi, hi_m) = idle[0], idle[-1]
-        table.sentences.append(
-            f"With {fmt_x(idle_x)} idle clients {lo_m} used {fmt(lo, 'core')} of a core and "
-            f"{hi_m} {fmt(hi, 'core')}: {fmt_ratio(hi / lo)} more.")
+        if lo > 0:
+            table.sentences.append(
+                f"With {fmt_x(idle_x)} idle clients {lo_m} used {fmt(lo, 'core')} of a core "
+                f"and {hi_m} {fmt(hi, 'core')}: {fmt_ratio(hi / lo)} more.")
+        else:
+            zero = ", ".join(m for v, m in idle if v == 0)
+            table.sentences.append(
+                f"With {fmt_x(idle_x)} idle clients {hi_m} used {fmt(hi, 'core')} of a core "
+                f"while {zero} used none that the sampler could measure.")
     return table
 
 

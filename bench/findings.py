@@ -11,6 +11,7 @@ from typing import Any
 from bench.measures import (
     CPU,
     P50,
+    P99,
     REFERENCE,
     Metric,
     Run,
@@ -101,10 +102,10 @@ def _knees(run: Run, scenario: str) -> list[str]:
         k = knee(run, scenario, model)
         if k is not None:
             found.append((k, model))
-        elif run.points(scenario, model):
+        elif any(p.median(P99) is not None for p in run.points(scenario, model)):
             none.append(model)
     if not found and not none:
-        return []
+        return []  # nothing measured: the table's notes say why
     parts = [f"{model} at {fmt_x(k)}" for k, model in sorted(found, key=lambda km: km[0])]
     text = "Knee (under 90 % of the offered load delivered, or p99 above 10x its value " \
            "at the lowest load): " + ("; ".join(parts) if parts else "none")

@@ -115,6 +115,7 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
     """One line per model: median and min-max bars; crosses where all repeats failed."""
     factor, unit = scale
     all_x: list[float] = []
+    positive = False  # a log axis needs at least one value above zero
     for model in run.models(scenario):
         pts = [(p.x, p.stat(m)) for p in run.points(scenario, model)]
         good = [(x, s) for x, s in pts if s["median"] is not None]
@@ -127,6 +128,9 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
             med, err = _bars([s for _, s in good], factor)
             ax.errorbar(xs, med, yerr=err, capsize=3, markersize=4, **style)
             all_x += xs
+            positive = positive or any(v > 0 for v in med)
+        else:
+            ax.plot([], [], **style)  # its colour still belongs in the legend
         dead = [p.x for p in run.points(scenario, model) if not p.ok]
         if dead:
             ax.plot(dead, [0.02] * len(dead), linestyle="none", marker="x", markersize=9,
@@ -139,8 +143,11 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
                 transform=ax.transAxes)
         return
     _x_axis(ax, run, scenario, all_x)
-    if log_y:
+    if log_y and positive:
         ax.set_yscale("log")
+    if not positive:
+        ax.text(0.5, 0.5, "no ok repeat with a value above zero:\nsee the notes in REPORT.md",
+                ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel(f"{m.label} ({unit})")
     ax.grid(True, which="both", alpha=0.3)
 
