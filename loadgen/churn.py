@@ -11,7 +11,6 @@ retried after a short pause, so that a dead server is not hammered in a spin.
 
 from __future__ import annotations
 
-import errno
 import socket
 import time
 
@@ -59,8 +58,7 @@ class ChurnWorker(Worker):
         source = sources[(s.cid + s.cycle) % len(sources)] if sources else None
         sock, err = dial(self.plan.family, self.address, source)
         s.started = now
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
+        if sock is None:
             self.fail(err)
             self.retry.append((now + RETRY_NS, s))
             return

@@ -20,18 +20,15 @@ import time
 from collections import deque
 
 from loadgen.integrity import (
-    HEADER,
-    TAG,
     Pattern,
     Unsolicited,
     count_unanswered,
+    echo_header,
     settle_mismatch,
 )
 from loadgen.schedule import Arrivals, Lag
 from loadgen.timer import Timer
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
-
-_pack = HEADER.pack
 
 
 class EchoConn:
@@ -78,7 +75,7 @@ class EchoWorker(Worker):
     def send(self, c: EchoConn, due: int, now: int) -> None:
         seq = c.seq
         c.seq = seq + 1
-        frame = _pack(seq, c.cid, TAG) + c.body
+        frame = echo_header(seq, c.cid) + c.body
         c.inflight.append((seq, frame, due, now))
         if self.ws <= due < self.we:
             self.tally.sent += 1

@@ -1,6 +1,6 @@
 """What every message carries so that loss, damage, duplication and reordering are counted.
 
-Echo: message `seq` of connection `cid` is a 16-byte header (seq, cid, tag)
+Echo: message `seq` of connection `cid` is a 16-byte header (seq, cid, CRC)
 followed by a body drawn once per connection from a seeded generator.  The
 hot path compares what came back with the frame it expects next -- one
 memcmp -- and only a mismatch takes the slow path below, which works out
@@ -28,8 +28,8 @@ import zlib
 from collections import deque
 from typing import NamedTuple
 
-HEADER = struct.Struct("<QI4s")
-TAG = b"MXB1"
+HEADER = struct.Struct("<QII")      # seq, cid, CRC-32 of the two
+_IDS = struct.Struct("<QI")
 ECHO_MIN_SIZE = HEADER.size
 CHAT_MIN_SIZE = 64
 
@@ -67,6 +67,11 @@ class Window(NamedTuple):
         return self.start <= t < self.end
 
 
+def echo_header(seq: int, cid: int, _ids=_IDS.pack, _pack=HEADER.pack, _crc=zlib.crc32) -> bytes:
+    # The CRC makes a damaged header a damaged frame, not another valid message.
+    return _pack(seq, cid, _crc(_ids(seq, cid)))
+
+
 class Pattern:
     """The deterministic frames of one echo connection."""
 
@@ -77,16 +82,16 @@ class Pattern:
         self.body = random.Random(seed * 1_000_003 + cid).randbytes(size - HEADER.size)
 
     def frame(self, seq: int) -> bytes:
-        return HEADER.pack(seq, self.cid, TAG) + self.body
+        return echo_header(seq, self.cid) + self.body
 
     def seq_of(self, data: bytes) -> int | None:
         """The seq when `data` is exactly one of this connection's frames, else None."""
         if len(data) < HEADER.size:
             return None
-        seq, cid, tag = HEADER.unpack_from(data)
-        if cid != self.cid or tag != TAG or data[HEADER.size:] != self.body:
+        seq, cid, _ = HEADER.unpack_from(data)
+        if data[:HEADER.size] != echo_header(seq, cid) or cid != self.cid:
             return None
-        return seq
+        return seq if data[HEADER.size:] == self.body else None
 
 
 def settle_mismatch(data: bytes, pattern: Pattern, inflight: deque, missing: dict,
@@ -137,13 +142,14 @@ def parse_chat_line(line: bytes, size: int) -> tuple[int, int, int] | None:
         return None
     sender, seq, send_ns, crc, pad = parts
     head_len = len(sender) + len(seq) + len(send_ns) + 2
-    try:
-        if int(crc, 16) != zlib.crc32(line[:head_len]):
-            return None
-        fields = int(sender), int(seq), int(send_ns)
-    except ValueError:
+    # Compared as bytes, not parsed: int() would accept "DE64", " 12" or "1_2".
+    if crc != b"%08x" % zlib.crc32(line[:head_len]):
         return None
     if pad != _PAD[: max(0, size - 1 - (head_len + 10))]:
+        return None
+    try:
+        fields = int(sender), int(seq), int(send_ns)
+    except ValueError:
         return None
     return fields
 

@@ -71,20 +71,29 @@ def error_kind(exc: BaseException | int | str) -> str:
     return type(exc).__name__
 
 
-def dial(family: int, address: tuple, source: str | None = None) -> tuple[socket.socket, int]:
-    """Start a non-blocking connect; returns the socket and 0, EINPROGRESS or an errno."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def dial(family: int, address: tuple,
+         source: str | None = None) -> tuple[socket.socket | None, int]:
+    """Start a non-blocking connect: (socket, 0 or EINPROGRESS), or (None, errno)
+    after closing the socket (out of descriptors, refused at once, ...)."""
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        return None, exc.errno or errno.EIO
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source is not None:
             # Let connect() pick the port per destination: bind() alone would
             # reserve a port per source address, as if for a listener.
             sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
-        return sock, sock.connect_ex(address)
+        err = sock.connect_ex(address)
     except OSError as exc:
-        return sock, exc.errno or errno.EIO
+        err = exc.errno or errno.EIO
+    if err in (0, errno.EINPROGRESS):
+        return sock, err
+    sock.close()
+    return None, err
 
 
 class Phases:
@@ -150,12 +159,13 @@ class Worker:
             while todo and len(pending) < CONNECT_BATCH:
                 cid = todo.popleft()
                 sock, err = dial(plan.family, self.address)
-                if err in (0, errno.EINPROGRESS):
-                    pending[sock.fileno()] = (cid, sock, time.monotonic() + timeout)
-                    self.ep.register(sock.fileno(), OUT)
-                else:
+                if sock is None:
                     self.errors[error_kind(err)] += 1
-                    sock.close()
+                    continue
+                pending[sock.fileno()] = (cid, sock, time.monotonic() + timeout)
+                self.ep.register(sock.fileno(), OUT)
+            if not pending:
+                continue
             soonest = min(deadline for _, _, deadline in pending.values())
             for fd, _ in self.ep.poll(max(0.0, soonest - time.monotonic())):
                 cid, sock, _ = pending.pop(fd)

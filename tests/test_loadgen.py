@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pytest
+
+from loadgen.integrity import Pattern, chat_line, parse_chat_line
 from tests.support import MUXBENCH, ROOT, kill_group, recv_exactly
 
 
@@ -155,10 +158,12 @@ def at(target: int, then: Callable[[bytes], list[bytes] | None]) -> Fault:
     return fault
 
 
-def flip(message: bytes) -> list[bytes]:
-    damaged = bytearray(message)
-    damaged[40] ^= 0x01
-    return [bytes(damaged)]
+def flipping(position: int) -> Callable[[bytes], list[bytes]]:
+    def flip(message: bytes) -> list[bytes]:
+        damaged = bytearray(message)
+        damaged[position] ^= 0x01
+        return [bytes(damaged)]
+    return flip
 
 
 MARKERS = ("muxbench load: window start", "muxbench load: window end")
@@ -205,8 +210,9 @@ def test_dropped_message_is_exactly_one_lost() -> None:
     assert "integrity: lost 1" in run.stderr
 
 
-def test_flipped_byte_is_exactly_one_corrupted() -> None:
-    with faulty_server(SIZE, at(7, flip)) as server:
+@pytest.mark.parametrize("position", [2, 40])  # in the sequence number; in the body
+def test_flipped_byte_is_exactly_one_corrupted(position: int) -> None:
+    with faulty_server(SIZE, at(7, flipping(position))) as server:
         run = run_load(server.port, "--clients", "3", "--duration", "0.6", *FAST)
     out = run.out
     assert counts(out) == dict(lost=0, corrupted=1, duplicated=0, reordered=0, errors=0)
@@ -282,3 +288,54 @@ def test_server_dying_mid_run_reports_partial_results() -> None:
     assert_identity(out)
     assert problem_lines(run) == [problem_lines(run)[0]]
     assert "errors:" in problem_lines(run)[0]
+
+
+def test_open_loop_constant_rate_sends_exactly_on_schedule() -> None:
+    # 5 connections x 100 msg/s, offset within the period: message k of
+    # connection c is due at t0 + (k + c/5) * 10 ms, so exactly 100 each fall
+    # due inside a 1 s window that opens at t0.
+    with faulty_server(SIZE, echo) as server:
+        run = run_load(server.port, "--clients", "5", "--rate", "500", "--duration", "1",
+                       *FAST)
+    out = run.out
+    assert out["sent"] == out["received"] == 500
+    assert out["throughput_msgs_s"] == pytest.approx(500)
+    assert counts(out)["errors"] == 0
+
+
+def test_open_loop_poisson_schedule_is_seeded() -> None:
+    sent = []
+    with faulty_server(SIZE, echo) as server:
+        for seed in ("7", "7", "8"):
+            run = run_load(server.port, "--clients", "4", "--rate", "400", "--arrival",
+                           "poisson", "--seed", seed, "--duration", "0.5", *FAST)
+            assert run.out["received"] == run.out["sent"]
+            sent.append(run.out["sent"])
+    # The same seed gives the same arrivals; about rate x duration of them.
+    assert sent[0] == sent[1]
+    assert 100 <= sent[0] <= 300 and 100 <= sent[2] <= 300
+
+
+def test_chat_line_any_damaged_byte_is_rejected() -> None:
+    line = chat_line(12, 345, 6_789_012_345, 80)
+    assert len(line) == 80 and line.endswith(b"\n")
+    body = line[:-1]
+    assert parse_chat_line(body, 80) == (12, 345, 6_789_012_345)
+    for i in range(len(body)):
+        for mask in range(1, 256):
+            damaged = bytearray(body)
+            damaged[i] ^= mask
+            if damaged[i] != ord("\n"):
+                assert parse_chat_line(bytes(damaged), 80) is None, (i, mask)
+    assert parse_chat_line(body[:-1], 80) is None  # a cut line
+
+
+def test_echo_frame_any_damaged_byte_is_rejected() -> None:
+    pattern = Pattern(3, SIZE, seed=1)
+    frame = pattern.frame(41)
+    assert pattern.seq_of(frame) == 41
+    assert Pattern(4, SIZE, seed=1).seq_of(frame) is None  # another connection's
+    for i in range(len(frame)):
+        damaged = bytearray(frame)
+        damaged[i] ^= 0x20
+        assert pattern.seq_of(bytes(damaged)) is None, i
