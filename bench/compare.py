@@ -1,190 +1,37 @@
 """`muxbench compare BASE NEW`: which differences between two runs are real changes.
 
 Absolute times swing 3x between identical runs on these machines, so a raw
-NEW/BASE ratio says more about the weather than the code.  Each model is
-therefore read relative to a reference model measured in the same run, at the
-same point (epoll by default): the ratio is (NEW/NEW_ref) / (BASE/BASE_ref), and
-a machine that is uniformly slower cancels out.  A change counts only when that
-ratio passes a threshold AND a one-sided Mann-Whitney U test over the repeats
-(each divided by its own run's reference median) says it is unlikely to be
-chance -- the two tests pyperf and asv apply.  Everything else is noise, "~".
+NEW/BASE ratio says more about the weather than the code.  The judging lives in
+bench/judge.py (ratios normalised by a reference model of the same run, a
+threshold AND a one-sided Mann-Whitney U test, the two tests pyperf and asv
+apply); this module is the command: a rich table for people, --json for
+machines, and the exit status (1 regression, 2 unusable input).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import mannwhitneyu
 
-from bench.results import (
-    TRIAL_STATUSES,
-    ResultsError,
-    group_points,
-    load_results,
-    metric,
-    resolve_run,
+from bench.judge import (
+    IMPROVEMENT,
+    METRICS,
+    NA,
+    NOISE,
+    REFERENCE,
+    REGRESSION,
+    TOO_FEW,
+    Cell,
+    Comparison,
+    compare_runs,
 )
-
-REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA, REFERENCE = (
-    "regression", "improvement", "noise", "too-few", "n/a", "reference")
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    path: str
-    label: str
-    higher_is_worse: bool
-
-
-METRICS = (
-    Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),
-    Metric("p99_us", "derived.p99_us", "p99", True),
-    Metric("throughput_msgs_s", "derived.throughput_msgs_s", "throughput", False),
-    Metric("pss_per_conn_bytes", "derived.pss_per_conn_bytes", "PSS/conn", True),
-)
-STATUS = "status"  # pseudo-metric of a point that vanished or broke in NEW
-
-
-@dataclass
-class Cell:
-    """One (scenario point, model, metric) judged."""
-
-    scenario: str
-    model: str
-    protocol: str
-    x: object
-    metric: str
-    verdict: str
-    ratio: float | None = None
-    p_value: float | None = None
-    base_median: float | None = None
-    new_median: float | None = None
-    n_base: int = 0
-    n_new: int = 0
-    note: str = ""
-
-
-@dataclass
-class Comparison:
-    base: dict
-    new: dict
-    reference: str | None
-    threshold: float
-    alpha: float
-    cells: list[Cell]
-
-    def count(self, verdict: str) -> int:
-        return sum(c.verdict == verdict for c in self.cells)
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.count(REGRESSION) else 0
-
-
-def min_p_value(n_base: int, n_new: int) -> float:
-    """The smallest one-sided exact Mann-Whitney p that n_base vs n_new repeats can reach."""
-    return 1.0 / math.comb(n_base + n_new, n_base)
-
-
-def _values(trials: list[dict] | None, path: str) -> list[float]:
-    return [v for v in (metric(t, path) for t in trials or ()) if v is not None]
-
-
-def _judge(cell: Cell, base: list[float], new: list[float], higher_is_worse: bool,
-           threshold: float, alpha: float) -> Cell:
-    """Fill in ratio, p and verdict from repeat values already divided by the reference."""
-    cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
-    if cell.base_median <= 0:
-        cell.verdict, cell.note = NA, "BASE median is 0"
-        return cell
-    ratio = cell.ratio = cell.new_median / cell.base_median
-    direction = "greater" if ratio >= 1 else "less"
-    cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
-    if 1 / threshold < ratio < threshold:
-        cell.verdict = NOISE
-    elif min_p_value(len(base), len(new)) >= alpha:
-        cell.verdict = TOO_FEW
-    elif cell.p_value < alpha:
-        cell.verdict = REGRESSION if (ratio > 1) == higher_is_worse else IMPROVEMENT
-    else:
-        cell.verdict = NOISE
-    return cell
-
-
-def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
-                   base_ref: list[dict] | None, new_ref: list[dict] | None,
-                   comparison: Comparison) -> list[Cell]:
-    scenario, model, protocol, x = key
-    cells = []
-    for m in METRICS:
-        base, new = _values(base_trials, m.path), _values(new_trials, m.path)
-        if not base and not new:
-            continue
-        cell = Cell(scenario, model, protocol, x, m.key, NA, n_base=len(base), n_new=len(new))
-        cells.append(cell)
-        if model == comparison.reference:
-            cell.verdict = REFERENCE
-            continue
-        if not base or not new:
-            cell.note = f"{m.label} missing in {'NEW' if base else 'BASE'}"
-            continue
-        if comparison.reference:
-            ref_b, ref_n = _values(base_ref, m.path), _values(new_ref, m.path)
-            if not ref_b or not ref_n or min(map(statistics.median, (ref_b, ref_n))) <= 0:
-                cell.note = f"no {comparison.reference} {m.label} to normalise by"
-                continue
-            base = [v / statistics.median(ref_b) for v in base]
-            new = [v / statistics.median(ref_n) for v in new]
-        _judge(cell, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
-    return cells
-
-
-def compare_runs(base: dict, new: dict, reference: str | None = "epoll",
-                 threshold: float = 1.25, alpha: float = 0.01) -> Comparison:
-    """Judge every (scenario point, model, metric) of BASE against NEW."""
-    comparison = Comparison(base, new, reference, threshold, alpha, [])
-    base_ok, new_ok = group_points(base), group_points(new)
-    new_any = group_points(new, TRIAL_STATUSES)
-    for key in sorted(set(base_ok) | set(new_ok), key=_order(base)):
-        scenario, model, protocol, x = key
-        if key not in new_ok:
-            broke = key in new_any
-            comparison.cells.append(Cell(
-                scenario, model, protocol, x, STATUS, REGRESSION if broke else NA,
-                n_base=len(base_ok[key]),
-                note="no ok trial in NEW" if broke else "not measured in NEW"))
-            continue
-        if key not in base_ok:
-            comparison.cells.append(Cell(scenario, model, protocol, x, STATUS, NA,
-                                         n_new=len(new_ok[key]), note="not measured in BASE"))
-            continue
-        ref_key = (scenario, reference, protocol, x)
-        comparison.cells.extend(_compare_point(key, base_ok[key], new_ok[key],
-                                               base_ok.get(ref_key), new_ok.get(ref_key),
-                                               comparison))
-    return comparison
-
-
-def _order(results: dict):
-    rank = {name: i for i, name in enumerate(results["scenarios"])}
-
-    def sort_key(key: tuple) -> tuple:
-        scenario, model, protocol, x = key
-        return (rank.get(scenario, len(rank)), scenario, protocol,
-                (0, x) if isinstance(x, (int, float)) else (1, str(x)), model)
-    return sort_key
-
-
-# -- presentation ------------------------------------------------------------------------
+from bench.results import ResultsError, load_results, resolve_run
 
 STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", TOO_FEW: "yellow", NA: "dim",
          REFERENCE: "dim", NOISE: ""}
@@ -212,7 +59,8 @@ def _worst(cells: list[Cell]) -> str:
 def render(comparison: Comparison, console: Console, changes_only: bool = False) -> None:
     c = comparison
     ref = (f"normalised by {c.reference} of the same run: (NEW/NEW {c.reference}) / "
-           f"(BASE/BASE {c.reference})" if c.reference else "raw NEW/BASE, not normalised")
+           f"(BASE/BASE {c.reference}), PSS/conn raw" if c.reference
+           else "raw NEW/BASE, not normalised")
     table = Table(title=f"{c.base['run_id']} (BASE) -> {c.new['run_id']} (NEW)",
                   caption=f"ratio {ref}; a change needs ratio past {c.threshold:g}x and "
                           f"one-sided Mann-Whitney p < {c.alpha:g}; ~ = noise")
@@ -292,7 +140,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "memory per connection. Each ratio NEW/BASE is normalised by a reference model of\n"
         "the same run, so runs from different machines compare. A change counts only when\n"
         "the ratio passes --threshold AND a one-sided Mann-Whitney U test over the repeats\n"
-        "gives p < --alpha; anything else is shown as ~ (noise).")
+        "gives p < --alpha; anything else is shown as ~ (noise). Memory per connection\n"
+        "does not scale with machine speed: it is compared as measured, with values under\n"
+        "8 KiB counted as 8 KiB (below that it is sampling noise).")
     parser.epilog = (
         "Repeats: with p < 0.01 the test needs about 5 repeats per side (5 vs 5 can reach\n"
         "p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). A change past the threshold with\n"

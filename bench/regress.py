@@ -22,16 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.compare import (
-    NOISE,
-    REGRESSION,
-    Cell,
-    Comparison,
-    add_judging_options,
-    compare_runs,
-    reference_of,
-    render,
-)
+from bench.compare import add_judging_options, reference_of, render
+from bench.judge import NOISE, REGRESSION, Cell, Comparison, compare_runs
 from bench.results import ResultsError, load_results, resolve_run
 
 Runner = Callable[[argparse.Namespace, Iterable[str] | None, Iterable[str] | None], Path]

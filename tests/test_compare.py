@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare
+from bench import compare, judge
 from bench.cli import main
 from tests import fake_results as fake
 from tests.support import MUXBENCH, ROOT
@@ -91,6 +91,18 @@ def test_only_improvements_exit_0(tmp_path, base, rerun):
     assert status == 0 and len(_verdicts(report, "improvement")) == 1
 
 
+def test_memory_is_compared_as_measured_with_a_noise_floor(tmp_path, base, rerun):
+    pss = "derived.pss_per_conn_bytes"
+    new = fake.scale(rerun, "thread", pss, 2.0, scenario="echo_clients")  # 24 -> 48 KiB
+    new = fake.scale(new, "poll", pss, 2.5, scenario="echo_clients")  # 3 -> 7.5 KiB: noise
+    new = fake.scale(new, "epoll", pss, 20.0, scenario="idle")  # 2.5 -> 50 KiB, the reference
+    status, report = _compare(tmp_path, base, new)
+    assert status == 1
+    assert sorted(_verdicts(report, "regression")) == [
+        ("echo_clients", "thread", 10, "pss_per_conn_bytes"),
+        ("idle", "epoll", 100, "pss_per_conn_bytes")]
+
+
 def test_a_significant_change_under_the_threshold_is_noise(tmp_path, base):
     # Every repeat 1.2x its base counterpart: significant, but smaller than 1.25.
     status, report = _compare(tmp_path, base, fake.scale(base, "thread", CPU, 1.2))
@@ -130,8 +142,8 @@ def test_a_point_whose_trials_all_failed_in_new_is_a_regression(tmp_path, base, 
 
 
 def test_min_p_value_matches_the_exact_mann_whitney_floor():
-    assert compare.min_p_value(5, 5) == pytest.approx(1 / 252)
-    assert compare.min_p_value(5, 5) < 0.01 <= compare.min_p_value(3, 3)
+    assert judge.min_p_value(5, 5) == pytest.approx(1 / 252)
+    assert judge.min_p_value(5, 5) < 0.01 <= judge.min_p_value(3, 3)
 
 
 def _table(tmp_path: Path, base: dict, new: dict) -> str:

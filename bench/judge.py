@@ -1,0 +1,181 @@
+"""Judging one run against another: per point, model and metric, is it a real change?
+
+Used by `muxbench compare` (bench/compare.py) and `make regress` (bench/regress.py).
+Absolute times swing 3x between identical runs on these machines, so a raw
+NEW/BASE ratio says more about the weather than the code.  Each model is read
+relative to a reference model measured in the same run at the same point, so a
+machine that is uniformly slower cancels out: ratio = (NEW/NEW_ref) /
+(BASE/BASE_ref).  A change counts only when that ratio passes a threshold AND a
+one-sided Mann-Whitney U test over the repeats (each divided by its own run's
+reference median) gives p < alpha.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy.stats import mannwhitneyu
+
+from bench.results import TRIAL_STATUSES, group_points, metric
+
+REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA, REFERENCE = (
+    "regression", "improvement", "noise", "too-few", "n/a", "reference")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    path: str
+    label: str
+    higher_is_worse: bool
+    # Times scale with the machine, so they are read against the reference model;
+    # memory per connection does not, so it is compared as measured.
+    normalised: bool = True
+    # Values below the floor count as the floor: under it the metric is noise.
+    floor: float = 0.0
+
+
+# PSS per connection is (tree PSS during the window - PSS at start) / connections:
+# about +-5 KiB of noise at 20 connections, and an event loop's true cost is a few
+# hundred bytes; 8 KiB keeps that noise out and still sees a thread's stack.
+PSS_FLOOR = 8192.0
+METRICS = (
+    Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),
+    Metric("p99_us", "derived.p99_us", "p99", True),
+    Metric("throughput_msgs_s", "derived.throughput_msgs_s", "throughput", False),
+    Metric("pss_per_conn_bytes", "derived.pss_per_conn_bytes", "PSS/conn", True,
+           normalised=False, floor=PSS_FLOOR),
+)
+STATUS = "status"  # pseudo-metric of a point that vanished or broke in NEW
+
+
+@dataclass
+class Cell:
+    """One (scenario point, model, metric) judged."""
+
+    scenario: str
+    model: str
+    protocol: str
+    x: object
+    metric: str
+    verdict: str
+    ratio: float | None = None
+    p_value: float | None = None
+    base_median: float | None = None
+    new_median: float | None = None
+    n_base: int = 0
+    n_new: int = 0
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    base: dict
+    new: dict
+    reference: str | None
+    threshold: float
+    alpha: float
+    cells: list[Cell]
+
+    def count(self, verdict: str) -> int:
+        return sum(c.verdict == verdict for c in self.cells)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.count(REGRESSION) else 0
+
+
+def min_p_value(n_base: int, n_new: int) -> float:
+    """The smallest one-sided exact Mann-Whitney p that n_base vs n_new repeats can reach."""
+    return 1.0 / math.comb(n_base + n_new, n_base)
+
+
+def _values(trials: list[dict] | None, m: Metric) -> list[float]:
+    return [max(v, m.floor) for v in (metric(t, m.path) for t in trials or ()) if v is not None]
+
+
+def _judge(cell: Cell, base: list[float], new: list[float], higher_is_worse: bool,
+           threshold: float, alpha: float) -> Cell:
+    """Fill in ratio, p and verdict from repeat values already divided by the reference."""
+    cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
+    if cell.base_median <= 0:
+        cell.verdict, cell.note = NA, "BASE median is 0"
+        return cell
+    ratio = cell.ratio = cell.new_median / cell.base_median
+    direction = "greater" if ratio >= 1 else "less"
+    cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
+    if 1 / threshold < ratio < threshold:
+        cell.verdict = NOISE
+    elif min_p_value(len(base), len(new)) >= alpha:
+        cell.verdict = TOO_FEW
+    elif cell.p_value < alpha:
+        cell.verdict = REGRESSION if (ratio > 1) == higher_is_worse else IMPROVEMENT
+    else:
+        cell.verdict = NOISE
+    return cell
+
+
+def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
+                   base_ref: list[dict] | None, new_ref: list[dict] | None,
+                   comparison: Comparison) -> list[Cell]:
+    scenario, model, protocol, x = key
+    cells = []
+    for m in METRICS:
+        base, new = _values(base_trials, m), _values(new_trials, m)
+        if not any(base + new):  # not measured here (None), or nothing to measure (idle: 0)
+            continue
+        cell = Cell(scenario, model, protocol, x, m.key, NA, n_base=len(base), n_new=len(new))
+        cells.append(cell)
+        if model == comparison.reference and m.normalised:
+            cell.verdict = REFERENCE
+            continue
+        if not base or not new:
+            cell.note = f"{m.label} missing in {'NEW' if base else 'BASE'}"
+            continue
+        if comparison.reference and m.normalised:
+            ref_b, ref_n = _values(base_ref, m), _values(new_ref, m)
+            if not ref_b or not ref_n or min(map(statistics.median, (ref_b, ref_n))) <= 0:
+                cell.note = f"no {comparison.reference} {m.label} to normalise by"
+                continue
+            base = [v / statistics.median(ref_b) for v in base]
+            new = [v / statistics.median(ref_n) for v in new]
+        _judge(cell, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
+    return cells
+
+
+def compare_runs(base: dict, new: dict, reference: str | None = "epoll",
+                 threshold: float = 1.25, alpha: float = 0.01) -> Comparison:
+    """Judge every (scenario point, model, metric) of BASE against NEW."""
+    comparison = Comparison(base, new, reference, threshold, alpha, [])
+    base_ok, new_ok = group_points(base), group_points(new)
+    new_any = group_points(new, TRIAL_STATUSES)
+    for key in sorted(set(base_ok) | set(new_ok), key=_order(base)):
+        scenario, model, protocol, x = key
+        if key not in new_ok:
+            broke = key in new_any
+            comparison.cells.append(Cell(
+                scenario, model, protocol, x, STATUS, REGRESSION if broke else NA,
+                n_base=len(base_ok[key]),
+                note="no ok trial in NEW" if broke else "not measured in NEW"))
+            continue
+        if key not in base_ok:
+            comparison.cells.append(Cell(scenario, model, protocol, x, STATUS, NA,
+                                         n_new=len(new_ok[key]), note="not measured in BASE"))
+            continue
+        ref_key = (scenario, reference, protocol, x)
+        comparison.cells.extend(_compare_point(key, base_ok[key], new_ok[key],
+                                               base_ok.get(ref_key), new_ok.get(ref_key),
+                                               comparison))
+    return comparison
+
+
+def _order(results: dict):
+    rank = {name: i for i, name in enumerate(results["scenarios"])}
+
+    def sort_key(key: tuple) -> tuple:
+        scenario, model, protocol, x = key
+        return (rank.get(scenario, len(rank)), scenario, protocol,
+                (0, x) if isinstance(x, (int, float)) else (1, str(x)), model)
+    return sort_key
