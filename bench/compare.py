@@ -178,6 +178,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except ResultsError as exc:
         print(f"muxbench compare: {exc}", file=sys.stderr)
         return 2
+    for name, results in (("BASE", base), ("NEW", new)):
+        if results["status"] != "complete":
+            print(f"muxbench compare: note: {name} run {results['run_id']} is "
+                  f"{results['status']}, not complete", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json(comparison), indent=1), file=out)
     else:

@@ -188,6 +188,13 @@ def test_the_command_reports_a_missing_run_without_a_traceback(tmp_path, base):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_an_incomplete_run_is_compared_with_a_note(tmp_path, base, rerun, capsys):
+    rerun["status"] = "interrupted"
+    status, _ = _compare(tmp_path, base, rerun)
+    assert status == 0
+    assert "NEW run 20261129T170000Z-quick is interrupted" in capsys.readouterr().err
+
+
 def test_runs_with_nothing_in_common_exit_2(tmp_path, base, capsys):
     other = fake.run([fake.trial("churn", "epoll", {"clients": 5}, 0)])
     assert main(["compare", str(fake.write(base, tmp_path / "a")),
