@@ -116,6 +116,7 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
     factor, unit = scale
     all_x: list[float] = []
     positive = False  # a log axis needs at least one value above zero
+    plotted = any_dead = False
     for model in run.models(scenario):
         pts = [(p.x, p.stat(m)) for p in run.points(scenario, model)]
         good = [(x, s) for x, s in pts if s["median"] is not None]
@@ -129,15 +130,25 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
             ax.errorbar(xs, med, yerr=err, capsize=3, markersize=4, **style)
             all_x += xs
             positive = positive or any(v > 0 for v in med)
+            plotted = True
+            for p in run.points(scenario, model):
+                if p.noted and p.median(m) is not None:  # e.g. select past fd 1023
+                    ax.annotate("ceiling", (p.x, p.median(m) * factor), fontsize=7,
+                                color=style["color"], textcoords="offset points",
+                                xytext=(-40, -14), bbox={"fc": "white", "ec": "none", "alpha": 0.6})
         else:
             ax.plot([], [], **style)  # its colour still belongs in the legend
         dead = [p.x for p in run.points(scenario, model) if not p.ok]
         if dead:
             ax.plot(dead, [0.02] * len(dead), linestyle="none", marker="x", markersize=9,
                     markeredgewidth=2, color=style["color"], clip_on=False,
-                    transform=ax.get_xaxis_transform(),
-                    label="x on axis: no ok repeat\n(failed or invalid)")
+                    transform=ax.get_xaxis_transform())
             all_x += dead
+            any_dead = True
+    if any_dead:
+        # One neutral legend entry for the crosses, whatever their colours.
+        ax.plot([], [], linestyle="none", marker="x", markeredgewidth=2, color="grey",
+                label="x on axis: no ok repeat\n(failed or invalid)")
     if not all_x:
         ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
                 transform=ax.transAxes)
@@ -145,9 +156,10 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
     _x_axis(ax, run, scenario, all_x)
     if log_y and positive:
         ax.set_yscale("log")
-    if not positive:
-        ax.text(0.5, 0.5, "no ok repeat with a value above zero:\nsee the notes in REPORT.md",
-                ha="center", va="center", transform=ax.transAxes)
+    if not plotted:
+        ax.text(0.5, 0.5, "no ok repeat: see the notes in REPORT.md", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_yticks([])
     ax.set_ylabel(f"{m.label} ({unit})")
     ax.grid(True, which="both", alpha=0.3)
 
@@ -211,7 +223,8 @@ def _polling_interval(run: Run, out: Path) -> Path:
         ax.set_title(f"labels: {run.x_label(scenario)}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     else:
-        ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
+        ax.text(0.5, 0.5, "no ok repeat: see the notes in REPORT.md" if run.xs(scenario)
+                else "not measured in this run", ha="center", va="center",
                 transform=ax.transAxes)
     return _save(fig, out / "polling_interval.png")
 
