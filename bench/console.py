@@ -4,13 +4,13 @@ one plain line per trial otherwise, and a summary table at the end."""
 from __future__ import annotations
 
 import sys
-from collections import Counter
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.results import group_points, metric, summary
+from bench.results import metric, summary
+from bench.scenarios import SCENARIOS
 
 
 def describe(scenario: str, model: str, point: dict, repeat: int) -> str:
@@ -42,7 +42,8 @@ class Display:
     def __init__(self, total: int, tty: bool | None = None) -> None:
         self.total = total
         self.tty = sys.stdout.isatty() if tty is None else tty
-        self.console = Console()
+        # Off a terminal rich would wrap the summary at 80 columns; a log is wider.
+        self.console = Console() if self.tty else Console(width=200)
         self.done = 0
         self.progress = None
         if self.tty:
@@ -83,29 +84,37 @@ class Display:
 
 
 def summary_table(results: dict) -> Table:
-    """Per scenario and model: trials ok, and the medians over all its points."""
+    """Models by scenarios: trials ok of run, and the scenario's headline figure
+    (median over its ok trials, all points together: a glance, not the report)."""
+    scenarios = results["scenarios"]
     table = Table(title=f"muxbench {results['suite']} run {results['run_id']} "
                         f"({results['status']})")
-    for name in ("scenario", "model", "ok/trials", "CPU (core)", "CPU/msg (us)",
-                 "msgs/s", "p99 (us)"):
-        table.add_column(name, justify="left" if name in ("scenario", "model") else "right")
-    counts: Counter = Counter()
-    oks: Counter = Counter()
+    table.add_column("model")
+    for name in scenarios:
+        headline = _headline(name)
+        table.add_column(f"{name}\n{headline[1] if headline else ''}", justify="right")
+    cells: dict[tuple[str, str], list[dict]] = {}
     for trial in results["trials"]:
-        counts[trial["scenario"], trial["model"]] += 1
-        oks[trial["scenario"], trial["model"]] += trial["status"] == "ok"
-    grouped = group_points(results)
-    for scenario, model in counts:
-        trials = [t for (s, m, _, _), ts in grouped.items() if (s, m) == (scenario, model)
-                  for t in ts]
-        cells = [_median(trials, path, fmt) for path, fmt in (
-            ("server.cpu_util", "{:.3f}"), ("derived.cpu_per_msg_us", "{:.1f}"),
-            ("derived.throughput_msgs_s", "{:.0f}"), ("derived.p99_us", "{:.0f}"))]
-        table.add_row(scenario, model, f"{oks[scenario, model]}/{counts[scenario, model]}",
-                      *cells)
+        cells.setdefault((trial["model"], trial["scenario"]), []).append(trial)
+    models = list(dict.fromkeys(t["model"] for t in results["trials"]))
+    for model in models:
+        row = [model]
+        for name in scenarios:
+            trials = cells.get((model, name), [])
+            row.append(_cell(trials, _headline(name)))
+        table.add_row(*row)
     return table
 
 
-def _median(trials: list[dict], path: str, fmt: str) -> str:
-    value = summary(metric(t, path) for t in trials)["median"]
-    return "-" if value is None else fmt.format(value)
+def _headline(scenario: str) -> tuple[str, str, str] | None:
+    # A stored run may name a scenario this version no longer has.
+    return SCENARIOS[scenario].headline if scenario in SCENARIOS else None
+
+
+def _cell(trials: list[dict], headline: tuple[str, str, str] | None) -> str:
+    if not trials:
+        return ""
+    ok = [t for t in trials if t["status"] == "ok"]
+    value = summary(metric(t, headline[0]) for t in ok)["median"] if headline else None
+    figure = "-" if value is None else headline[2].format(value)
+    return figure if len(ok) == len(trials) else f"{figure} ({len(ok)}/{len(trials)} ok)"

@@ -68,11 +68,12 @@ class Scenario:
     models: tuple[str, ...] | None = None  # None: every available model
     reference: tuple[str, ...] = ()  # the suites in which the C server runs too
     why: str = ""
+    headline: tuple[str, str, str] = ("server.cpu_util", "CPU core", "{:.2f}")  # path, label, fmt
 
     def metadata(self) -> dict:
         return {"title": self.title, "x": self.x, "x_label": self.x_label,
                 "workload": self.workload, "protocol": self.protocol, "log_x": self.log_x,
-                "description": self.why}
+                "description": self.why, "headline": self.headline[0]}
 
 
 BIG = ("default", "full")  # within 2 minutes, the C server fits in echo_clients only
@@ -102,28 +103,32 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         {"quick": pts("clients", [10], size=64),
          "default": pts("clients", [1, 10, 100], size=64),
          "full": pts("clients", [1, 10, 100, 1000], size=64)},
-        reference=SUITES, why="how fast each model turns requests around when pushed"),
+        reference=SUITES, why="how fast each model turns requests around when pushed",
+        headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
     Scenario(
         "echo_size", "Echo throughput and latency vs message size", "echo", "echo",
         "size", "message size (bytes)", True,
         {"quick": pts("size", [4096], clients=10),
          "default": pts("size", [64, 65536], clients=10),
          "full": pts("size", [64, 256, 1024, 4096, 16384, 65536], clients=10)},
-        reference=BIG, why="per-message overhead against per-byte copying"),
+        reference=BIG, why="per-message overhead against per-byte copying",
+        headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
     Scenario(
         "open_loop", "Latency vs offered load (open loop)", "echo", "echo",
         "rate", "offered load (msgs/s, 50 clients)", True,
         {"quick": pts("rate", [2000], clients=50, size=64),
          "default": pts("rate", [1000, 8000], clients=50, size=64),
          "full": pts("rate", [1000, 2000, 4000, 8000, 16000, 32000], clients=50, size=64)},
-        reference=BIG, why="response time from the intended send, up to each model's knee"),
+        reference=BIG, why="response time from the intended send, up to each model's knee",
+        headline=("derived.p99_us", "p99 us", "{:.0f}")),
     Scenario(
         "chat_fanout", "Chat fan-out vs room size", "chat", "chat",
         "clients", "room size (clients)", True,
         {"quick": pts("clients", [10], rate=100, size=64),
          "default": pts("clients", [2, 20], rate=100, size=64),
          "full": pts("clients", [2, 10, 50, 200], rate=100, size=64)},
-        why="deliveries/s and per-receiver latency as every line goes to everyone"),
+        why="deliveries/s and per-receiver latency as every line goes to everyone",
+        headline=("derived.cpu_per_msg_us", "us/delivery", "{:.1f}")),
     Scenario(
         "sparse", "CPU per message vs idle connections", "sparse", "echo",
         "idle", "idle connections (10 active)", True,
@@ -133,21 +138,24 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
          + pts("idle", [1000], only=NOT_FORK, active=10, size=64),
          "full": pts("idle", [10, 100, 1000], active=10, size=64)
          + pts("idle", [10000], only=NOT_FORK, active=10, size=64)},
-        why="O(watched) against O(ready): what a wait costs as idle fds pile up"),
+        why="O(watched) against O(ready): what a wait costs as idle fds pile up",
+        headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
     Scenario(
         "churn", "Connection churn", "churn", "echo",
         "clients", "concurrent connectors", True,
         {"quick": pts("clients", [4], size=64),
          "default": pts("clients", [4], size=64),
          "full": pts("clients", [1, 8, 32], size=64)},
-        why="connections/s: fork vs thread vs an event loop"),
+        why="connections/s: fork vs thread vs an event loop",
+        headline=("load.connections_per_s", "conn/s", "{:.0f}")),
     Scenario(
         "polling_interval", "Polling interval: CPU vs latency", "echo", "echo",
         "interval_ms", "polling interval (ms)", False,
         {"quick": pts("interval_ms", [0, 10], clients=10, rate=500, size=64),
          "default": pts("interval_ms", [0, 1, 10, 100], clients=10, rate=500, size=64),
          "full": pts("interval_ms", [0, 0.1, 1, 10, 100], clients=10, rate=500, size=64)},
-        models=("polling",), why="the seed's 'delay grows with the polling period'"),
+        models=("polling",), why="the seed's 'delay grows with the polling period'",
+        headline=("derived.p99_us", "p99 us", "{:.0f}")),
 )}
 
 

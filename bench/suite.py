@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from bench import procs
+from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
 from bench.environment import Placement, environment, loadavg, placement
 from bench.results import (
@@ -161,6 +162,7 @@ def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -
     run_dir = _run_dir(out, args.suite)
     env = environment(where)
     env["skipped_models"] = skipped
+    env["cpu_accounting"] = _cpu_accounting(args.no_cgroup)
     results = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": args.suite,
                "status": "running", "started_at": utc_now(), "finished_at": None,
                "environment": env, "scenarios": {s.name: s.metadata() for s in scenarios},
@@ -198,6 +200,16 @@ def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -
     print(f"muxbench bench: {results['status']}: {len(results['trials'])} trials "
           f"({failed} not ok) in {path}", file=sys.stderr)
     return 130 if results["status"] == "interrupted" else 0
+
+
+def _cpu_accounting(disabled: bool) -> str:
+    if disabled:
+        return "psutil (cgroup accounting disabled by --no-cgroup)"
+    probe = CpuCgroup.create("probe")
+    if probe is None:
+        return "psutil: tree walk plus reaped children (no writable CPU cgroup here)"
+    probe.remove()
+    return f"cgroup {probe.version} under {probe.path.parent} (one group per server)"
 
 
 class Runner:
