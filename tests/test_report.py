@@ -243,11 +243,16 @@ def test_knee_sentence_moves_with_the_data():
     assert re.search(r"no knee up to 80,000 for [^.]*polling", text)
 
 
-def test_missing_scenarios_and_models_render_as_not_measured(tmp_path, capsys):
+def test_missing_scenarios_models_and_values_still_render(tmp_path, capsys):
     results = fixture()
     results["trials"] = [t for t in results["trials"]
                          if t["scenario"] != "churn" and t["model"] != "fork"]
     del results["scenarios"]["churn"]
+    for trial in results["trials"]:
+        if trial["scenario"] == "cpu_vs_clients":  # a whole scenario with no ok repeat
+            trial["status"], trial["reason"] = "invalid", "load generator fell behind"
+        if trial["scenario"] == "idle" and trial["model"] != "polling":
+            trial["server"]["cpu_util"] = 0.0  # below what a short window can resolve
     path = tmp_path / "partial.json"
     path.write_text(json.dumps(results))
     assert main(["report", str(path), "--plots", str(tmp_path / "plots")]) == 0
@@ -255,7 +260,11 @@ def test_missing_scenarios_and_models_render_as_not_measured(tmp_path, capsys):
     assert "Scenario `churn` was not measured in this run." in markdown
     ipc_rows = parse_tables(markdown)["Multi-process needs IPC: the fork chat's relay, measured"][1]
     assert "fork" not in [row[0] for row in ipc_rows]
-    assert (tmp_path / "plots" / "churn.png").read_bytes().startswith(PNG_SIGNATURE)
+    for name in PLOTS:
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)
+    rows = parse_tables(markdown)["Server CPU vs clients (10 msgs/s each) (`cpu_vs_clients`)"][1]
+    assert all(cell == "2 invalid" for row in rows for cell in row[1:])
+    assert "used none that the sampler could measure" in markdown
     terminal = capsys.readouterr().out
     assert "Polling / selecting / interrupt" in terminal
     assert "Event-driven vs polling chat" in terminal
