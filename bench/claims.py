@@ -17,6 +17,7 @@ from bench.measures import (
     CPU_PER_MSG,
     P50,
     P99,
+    P999,
     PSS,
     Metric,
     Run,
@@ -125,7 +126,8 @@ def chat_table(run: Run) -> Table:
               "the server re-checks every socket in a loop", "")
     rows = [("CPU use", "chat_fanout", CPU, room), ("CPU use with idle clients", "idle", CPU,
                                                      idle_x),
-            ("delay, p50", "chat_fanout", P50, room), ("delay, p99", "chat_fanout", P99, room)]
+            ("delay, p50", "chat_fanout", P50, room), ("delay, p99", "chat_fanout", P99, room),
+            ("real-time: worst delays, p99.9", "chat_fanout", P999, room)]
     for label, scenario, m, x in rows:
         cells = [value_at(run, scenario, model, m, x) if model else "not measured"
                  for model in (ev, "polling")]

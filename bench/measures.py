@@ -57,6 +57,7 @@ PSS_PER_CONN = Metric("derived.pss_per_conn_bytes", "PSS per connection", "bytes
 THROUGHPUT = Metric("load.throughput_msgs_s", "throughput", "msgs", lower_is_better=False)
 P50 = Metric("load.latency_us.p50", "p50 latency", "us")
 P99 = Metric("load.latency_us.p99", "p99 latency", "us")
+P999 = Metric("load.latency_us.p999", "p99.9 latency", "us")
 SERVICE_P99 = Metric("load.service_time_us.p99", "p99 service time", "us")
 CONN_RATE = Metric("load.connections_per_s", "connections", "conns", lower_is_better=False)
 OFFERED = Metric("load.rate", "offered load", "msgs", lower_is_better=False)
@@ -219,7 +220,7 @@ SCENARIO_METRICS: dict[str, tuple[Metric, ...]] = {
     "idle": (CPU, PSS),
     "echo_clients": (THROUGHPUT, P99),
     "echo_size": (THROUGHPUT, CPU_PER_MSG),
-    "open_loop": (RESPONSE_P99, THROUGHPUT),
+    "open_loop": (RESPONSE_P99, SERVICE_P99, THROUGHPUT),
     "chat_fanout": (DELIVERY_P99, CPU),
     "sparse": (CPU_PER_MSG, P99),
     "churn": (CONN_RATE, P99),

@@ -20,6 +20,8 @@ from bench.measures import (
     P99,
     PSS,
     REFERENCE,
+    RESPONSE_P99,
+    SERVICE_P99,
     THROUGHPUT,
     Metric,
     Run,
@@ -183,8 +185,11 @@ def _simple(run: Run, out: Path, name: str, title: str, scenario: str,
 
 def _open_loop(run: Run, out: Path) -> Path:
     scenario = "open_loop"
-    fig, (ax,) = _figure(run, "Open loop: p99 response time vs offered load (knee ringed)")
-    _series(ax, run, scenario, P99, MS, log_y=True)
+    fig, (ax, service) = _figure(
+        run, "Open loop vs offered load: response time from the intended send (knee ringed), "
+        "service time from the actual send", panels=2)
+    _series(ax, run, scenario, RESPONSE_P99, MS, log_y=True)
+    _series(service, run, scenario, SERVICE_P99, MS, log_y=True)
     for model in run.models(scenario):
         k = knee(run, scenario, model)
         value = run.median(scenario, model, k, P99) if k is not None else None

@@ -29,7 +29,7 @@ CELL_PATHS = {
     "idle": ["server.cpu_util", "server.pss_peak_bytes"],
     "echo_clients": ["load.throughput_msgs_s", "load.latency_us.p99"],
     "echo_size": ["load.throughput_msgs_s", "derived.cpu_per_msg_us"],
-    "open_loop": ["load.latency_us.p99", "load.throughput_msgs_s"],
+    "open_loop": ["load.latency_us.p99", "load.service_time_us.p99", "load.throughput_msgs_s"],
     "chat_fanout": ["load.latency_us.p99", "server.cpu_util"],
     "sparse": ["derived.cpu_per_msg_us", "load.latency_us.p99"],
     "churn": ["load.connections_per_s", "load.latency_us.p99"],
