@@ -154,9 +154,10 @@ def chat_table(run: Run) -> Table:
 
 
 def _interval_delay(run: Run) -> Cell:
-    points = [p for p in run.points("polling_interval", "polling") if p.median(P50) is not None]
+    every = run.points("polling_interval", "polling")
+    points = [p for p in every if p.median(P50) is not None]
     if not points:
-        return ["not measured"]
+        return ["no ok repeat" if every else "not measured"]
     return [f"p50 {fmt(p.median(P50), 'us')} at {run.x_label('polling_interval')} = "
             f"{fmt_x(p.x)}" for p in points]
 

@@ -163,13 +163,17 @@ def environment_table(run: Run) -> Table:
         ("git commit", env.get("git_commit")),
         ("somaxconn / RLIMIT_NOFILE", f"{env.get('somaxconn')} / {env.get('rlimit_nofile')}"),
         ("placement", _placement(place)),
-        ("load average before / after", f"{env.get('loadavg_before')} / "
-                                         f"{env.get('loadavg_after')}"),
+        ("load average before / after", f"{_loadavg(env.get('loadavg_before'))} / "
+                                         f"{_loadavg(env.get('loadavg_after'))}"),
         ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
     ]
     for name, value in rows:
         table.add(name, "not recorded" if value is None else str(value))
     return table
+
+
+def _loadavg(values: list | None) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "not recorded"
 
 
 def _placement(place: dict) -> str | None:
