@@ -108,6 +108,14 @@ class CpuCgroup:
                 time.sleep(0.02)
 
 
+def remove_own() -> None:
+    """Remove every (empty) group this process made: the last word of a run's clean-up."""
+    found = _hierarchy()
+    if found is not None:
+        for path in found[0].glob(f"{PREFIX}{os.getpid()}-*"):
+            CpuCgroup(path, found[1]).remove(timeout=1.0)
+
+
 def _remove_stale(base: Path) -> None:
     """Remove groups left by runs that were killed outright (rmdir fails on busy ones)."""
     for path in base.glob(f"{PREFIX}*"):

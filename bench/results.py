@@ -28,6 +28,17 @@ Public API (stable; the report, compare and regression code import it):
   file order; only trials whose status is in ``statuses``.
 - ``point_summary(results, path, statuses=("ok",))``:
   ``{(scenario, model, protocol, x): summary(metric values of its repeats)}``.
+
+Beyond CONTRACTS.md section 3, the harness stores in each trial:
+``"cleanup"`` ({graceful, exit_status, leftover_procs -- processes that outlived
+the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
+({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included),
+``"timeline"`` (seconds from the trial's start to each sampler mark: ready,
+load_start, start, end, load_end, stopped) and, in ``"server"``,
+``pss_baseline_bytes`` (before any client connected) and ``window`` ("loadgen":
+CPU between the generator's window lines; "process": around its whole run) and
+``sampler_cpu_s`` (the sampler's own CPU over the trial, spent beside the generator).
+The environment adds ``skipped_models`` ({model: why}) and ``cpu_accounting``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class Suite:
 
 
 SUITE_SETTINGS = {
-    "quick": Suite("quick", duration=0.4, warmup=0.15, repeats=1, sample_interval=0.1,
+    "quick": Suite("quick", duration=0.4, warmup=0.15, repeats=1, sample_interval=0.2,
                    budget_s=120),
     "default": Suite("default", duration=0.6, warmup=0.2, repeats=2, sample_interval=0.2,
                      budget_s=600),
@@ -175,6 +175,8 @@ def point_models(point: Point, models: list[str]) -> list[str]:
 def load_args(scenario: Scenario, params: dict) -> list[str]:
     """`muxbench load` options for one point (host, port, timing and --json added later)."""
     args = ["--workload", scenario.workload]
+    if scenario.workload == "idle":
+        args += ["--drain", "0"]  # nothing is ever outstanding; do not wait for it
     if "idle" in params:
         clients = params["idle"] + params.get("active", 0)
         args += ["--clients", str(clients), "--active", str(params.get("active", 0))]

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench import procs
+from bench import cgroup, procs
 from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
 from bench.environment import Placement, environment, loadavg, placement
@@ -159,7 +159,12 @@ def run(args: argparse.Namespace) -> int:
 def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -> int:
     where = placement()
     out = Path(args.out)
-    run_dir = _run_dir(out, args.suite)
+    try:
+        run_dir = _run_dir(out, args.suite)
+    except OSError as exc:
+        print(f"muxbench bench: cannot create a run directory under {out}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     env = environment(where)
     env["skipped_models"] = skipped
     env["cpu_accounting"] = _cpu_accounting(args.no_cgroup)
@@ -190,6 +195,7 @@ def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -
     finally:
         runner.close()
         procs.kill_all()
+        cgroup.remove_own()
         os.sched_setaffinity(0, own_cpus)
         results["finished_at"] = utc_now()
         env["loadavg_after"] = loadavg()

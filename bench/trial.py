@@ -142,7 +142,8 @@ def run_trial(spec: TrialSpec, where: Placement, server: Launched, on_window_end
             else ("load_start", "load_end")
         stats = sampler.stats(*window, baseline="ready")
         stats["window"] = "loadgen" if window[0] == "start" else "process"
-        trial.update(server=stats, client=client, load=load, derived=derived(stats, load))
+        trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
+                     timeline={name: round(mark.t - t0, 3) for name, mark in sampler.marks.items()})
         server_status = server.proc.poll()
         trial["status"], trial["reason"] = classify(
             spec.workload, load, outcome, server_status, procs.tail(server.stderr_path))
@@ -154,6 +155,7 @@ def run_trial(spec: TrialSpec, where: Placement, server: Launched, on_window_end
         cleanup["leftover_fds"] = len(procs.open_fds() - fds_before - fds_ahead())
         trial["cleanup"] = cleanup
         trial["duration_s"] = round(time.monotonic() - t0, 3)
+        trial.setdefault("timeline", {})["stopped"] = trial["duration_s"]
         if cleanup["leftover_procs"]:
             note = (f"cleanup: {cleanup['leftover_procs']} process(es) outlived the server's "
                     "stop" + ("" if cleanup["graceful"] else " (it ignored SIGTERM)")
