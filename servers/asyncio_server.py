@@ -1,0 +1,216 @@
+"""asyncio and uvloop: the event loops people actually pick, as the yardstick.
+
+An asyncio.Protocol is the epoll model turned inside out: the loop (epoll
+through `selectors` for asyncio, libuv for uvloop) learns that a socket is
+ready, and its transport calls the protocol back -- data_received(),
+eof_received(), connection_lost().  Protocols rather than streams: a stream
+adds a coroutine switch and a buffer copy per message, which would measure
+asyncio's conveniences instead of its loop.  Buffered protocols, in fact:
+a plain Protocol is fed by recv(256 KiB) (asyncio) or a 250 KB buffer
+(uvloop), and a receive that size costs several times one of RECV_SIZE in
+allocator churn; get_buffer() lets every model read the same amount.  The
+same class runs on both loops; only the loop factory differs.
+
+Transports already follow the rule the hand-written models follow: write
+directly, buffer what the kernel did not take.  Echo's backpressure is the
+flow-control pair pause_writing()/resume_writing(), turned into
+pause_reading()/resume_reading(); a chat member whose write buffer passes
+--max-output is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+
+from servers.net import RECV_SIZE, Acceptor, format_address, somaxconn, tune
+from servers.protocol import ProtocolError
+
+log = logging.getLogger("muxbench.serve")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# create_server() calls listen() again, with 100 unless told otherwise.
+BACKLOG = min(somaxconn(), 4096)
+
+
+class Client(asyncio.BufferedProtocol):
+    def __init__(self, server: AsyncioServer) -> None:
+        self.server = server
+        self.buffer = server.buffer
+        self.room = server.protocol
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.gone = True  # until admitted; then again once dropped or closing
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer = format_address(transport.get_extra_info("peername"))
+        clients = self.server.clients
+        max_clients = self.server.limits.max_clients
+        if max_clients is not None and len(clients) >= max_clients:
+            log.warning("refused %s: already serving --max-clients=%d", self.peer, max_clients)
+            transport.close()
+            return
+        tune(transport.get_extra_info("socket"))
+        self.gone = False
+        clients.add(self)
+        self.room.join(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.gone:
+            return
+        data = bytes(self.buffer[:nbytes])  # the buffer is shared: copy out at once
+        try:
+            delivery = self.room.receive(self, data)
+        except ProtocolError as exc:
+            self.drop(str(exc))
+            return
+        if delivery is not None:
+            keys, out = delivery
+            for member in keys:
+                member.send(out)
+
+    def send(self, data: bytes) -> None:
+        if self.gone:  # dropped earlier in this same fan-out
+            return
+        transport = self.transport
+        transport.write(data)
+        if self.room.pause_reading_while_backlogged:
+            return  # bounded by pause_writing() below, not by dropping
+        backlog = transport.get_write_buffer_size()
+        limit = self.server.limits.max_output
+        if backlog > limit:
+            self.drop(f"output backlog {backlog} bytes passed the {limit}-byte limit")
+
+    # The transport calls these when its write buffer crosses the high and
+    # then the low water mark.  For echo that means the client is not reading
+    # its answers: stop reading its questions, and TCP pushes back on it.
+    def pause_writing(self) -> None:
+        if self.room.pause_reading_while_backlogged and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.room.pause_reading_while_backlogged and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        # Half-closed: an unterminated chat tail is not a line.  Returning
+        # False has the transport close itself -- after flushing what it
+        # still buffers, so echo's last bytes and queued chat lines go out.
+        self.room.leave(self)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.gone:  # ECONNRESET, EPIPE: the peer is gone
+            log.info("dropped %s: %s", self.peer, getattr(exc, "strerror", None) or exc)
+        self.gone = True
+        self.room.leave(self)
+        self.server.clients.discard(self)
+
+    def drop(self, reason: str) -> None:
+        log.info("dropped %s: %s", self.peer, reason)
+        self.gone = True
+        self.room.leave(self)  # no further deliveries are addressed to it
+        self.transport.abort()  # discard its buffer: that is what it could not take
+
+
+class AsyncioServer:
+    @staticmethod
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.new_event_loop()
+
+    def __init__(self, listener: socket.socket, protocol, options) -> None:
+        self.listener = listener
+        self.protocol = protocol
+        self.limits = protocol.limits
+        self.clients: set[Client] = set()
+        # One receive buffer for every connection: the loop is single-threaded
+        # and each read is consumed before the next one starts.
+        self.buffer = memoryview(bytearray(RECV_SIZE))
+        self.acceptor = Acceptor(listener)
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, close everything, then re-raise the signal.
+
+        The caller's handler raises an exception (cli_serve's Shutdown), but
+        raised from inside a loop callback a BaseException other than
+        SystemExit or KeyboardInterrupt is caught and logged by asyncio's
+        Handle, and the loop keeps running.  So while the loop runs, the loop
+        owns the signals (add_signal_handler wakes it and stops it cleanly);
+        once every transport is closed, the caller's handlers are put back
+        and the signal is raised again for them, with the same effect it
+        would have had on any other model.
+        """
+        loop = self.new_event_loop()
+        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        received: list[int] = []
+        server = None
+        loop.set_exception_handler(self.on_loop_error)
+        try:
+            for signum in SIGNALS:
+                loop.add_signal_handler(signum, self.stop, loop, received, signum)
+            server = loop.run_until_complete(
+                loop.create_server(lambda: Client(self), sock=self.listener, backlog=BACKLOG))
+            loop.run_forever()
+        finally:
+            # No signal may find the loop's handlers half removed (SIG_DFL
+            # would kill the process mid-clean-up): hold them until the
+            # caller's handlers are back.
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            try:
+                self.close_all(loop, server)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        for signum in received[:1]:
+            signal.raise_signal(signum)
+
+    def on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            # Out of descriptors in asyncio's own accept loop, which logs a
+            # traceback and tries again, `backlog` times per wake-up, without
+            # taking the connection.  Shed it instead, as every model does
+            # (uvloop's libuv does the same by itself and never gets here).
+            accepted = self.acceptor.accept()
+            if accepted is not None and accepted[0] is not None:
+                accepted[0].close()  # a descriptor came free meanwhile: still one too many
+            return
+        loop.default_exception_handler(context)
+
+    @staticmethod
+    def stop(loop: asyncio.AbstractEventLoop, received: list[int], signum: int) -> None:
+        received.append(signum)
+        loop.stop()
+
+    def close_all(self, loop: asyncio.AbstractEventLoop, server) -> None:
+        for client in list(self.clients):
+            client.gone = True
+            client.transport.abort()
+        if server is not None:
+            server.close()
+        loop.run_until_complete(self.settle())
+        loop.close()
+        self.acceptor.close()
+
+    async def settle(self) -> None:
+        """Let the loop run the connection_lost() callbacks the aborts scheduled."""
+        for _ in range(100):
+            if not self.clients:
+                return
+            await asyncio.sleep(0)
+
+
+class UvloopServer(AsyncioServer):
+    @staticmethod
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        import uvloop  # optional: `muxbench models` reports it missing
+
+        return uvloop.new_event_loop()
