@@ -98,11 +98,11 @@ class Acceptor:
         os.close(self._spare)
         try:
             sock, addr = self.listener.accept()
+            sock.close()
         except OSError:
             return None
         finally:
             self._spare = os.open(os.devnull, os.O_RDONLY)
-        sock.close()
         log.warning("out of file descriptors: shed %s", format_address(addr))
         return None, addr
 

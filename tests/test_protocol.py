@@ -1,0 +1,142 @@
+"""The sans-io core, exhaustively and without a network."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from servers.protocol import Chat, Echo, Limits, LineTooLong, OutputLimitExceeded, Outbox
+
+chunks = st.binary(max_size=200)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+@given(st.lists(chunks, max_size=20))
+def test_echo_returns_every_byte_to_its_sender(pieces):
+    echo = Echo()
+    echo.join("a")
+    out = bytearray()
+    for piece in pieces:
+        keys, data = echo.receive("a", piece)
+        assert keys == ("a",)
+        out += data
+    assert bytes(out) == b"".join(pieces)
+
+
+line_text = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b""))
+
+
+@given(st.lists(line_text, max_size=15), st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+       st.lists(st.integers(min_value=0, max_value=10_000), max_size=30))
+def test_chat_lines_arrive_whole_whatever_the_split(lines, tail, cuts):
+    stream = b"".join(line + b"\n" for line in lines) + tail
+    chat = Chat()
+    chat.join("a")
+    delivered = bytearray()
+    for piece in split_at(stream, cuts):
+        result = chat.receive("a", piece)
+        if result is not None:
+            keys, data = result
+            assert keys == ("a",)
+            assert data.endswith(b"\n"), "a delivery always ends on a line boundary"
+            delivered += data
+    # Every complete line exactly once, in order; the unterminated tail never.
+    assert bytes(delivered) == b"".join(line + b"\n" for line in lines)
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_chat_room_delivers_every_line_to_every_member_in_sender_order(data):
+    senders = ["a", "b", "c"]
+    chat = Chat()
+    for key in senders:
+        chat.join(key)
+    pending = {k: data.draw(st.lists(line_text, max_size=6)) for k in senders}
+    streams = {k: b"".join(b"%s:%s\n" % (k.encode(), line) for line in v) for k, v in pending.items()}
+    received = {k: bytearray() for k in senders}
+    offsets = dict.fromkeys(senders, 0)
+    while any(offsets[k] < len(streams[k]) for k in senders):
+        key = data.draw(st.sampled_from([k for k in senders if offsets[k] < len(streams[k])]))
+        n = data.draw(st.integers(min_value=1, max_value=len(streams[key]) - offsets[key]))
+        piece = streams[key][offsets[key]: offsets[key] + n]
+        offsets[key] += n
+        result = chat.receive(key, piece)
+        if result is not None:
+            keys, lines = result
+            assert set(keys) == set(senders), "the sender is a recipient too"
+            for k in keys:
+                received[k] += lines
+    for member in senders:
+        lines = bytes(received[member]).split(b"\n")[:-1]
+        for sender in senders:
+            mine = [ln for ln in lines if ln.startswith(sender.encode() + b":")]
+            assert mine == [b"%s:%s" % (sender.encode(), ln) for ln in pending[sender]]
+
+
+def test_chat_words_are_data_not_commands():
+    chat = Chat()
+    chat.join(1)
+    assert chat.receive(1, b"exit\n/quit\nplease exit now\n") == ((1,), b"exit\n/quit\nplease exit now\n")
+
+
+def test_chat_member_that_left_gets_nothing_and_its_tail_is_dropped():
+    chat = Chat()
+    chat.join(1)
+    chat.join(2)
+    assert chat.receive(2, b"half a li") is None
+    chat.leave(2)
+    keys, data = chat.receive(1, b"hello\n")
+    assert keys == (1,) and data == b"hello\n"
+
+
+@given(st.integers(min_value=1, max_value=300), st.integers(min_value=0, max_value=600),
+       st.lists(st.integers(min_value=0, max_value=10_000), max_size=10), st.booleans())
+def test_chat_max_line_is_exact_whatever_the_split(max_line, length, cuts, terminated):
+    chat = Chat(Limits(max_line=max_line))
+    chat.join(1)
+    stream = b"x" * length + (b"\n" if terminated else b"")
+    delivered = bytearray()
+    try:
+        for piece in split_at(stream, cuts):
+            result = chat.receive(1, piece)
+            if result:
+                delivered += result[1]
+    except LineTooLong:
+        assert length > max_line
+    else:
+        assert length <= max_line
+        assert bytes(delivered) == (stream if terminated else b"")
+
+
+def test_chat_long_line_among_short_ones_in_one_chunk_is_caught():
+    chat = Chat(Limits(max_line=10))
+    chat.join(1)
+    with pytest.raises(LineTooLong):
+        chat.receive(1, b"short\n" + b"y" * 11 + b"\nshort\n")
+
+
+@given(st.integers(min_value=1, max_value=1000), st.lists(st.binary(max_size=300), max_size=20),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=20))
+def test_outbox_keeps_order_and_enforces_its_limit(limit, pushes, consumes):
+    box = Outbox(limit)
+    model = bytearray()
+    for i, data in enumerate(pushes):
+        try:
+            box.push(data)
+        except OutputLimitExceeded:
+            assert len(model) + len(data) > limit
+            return
+        model += data
+        assert len(model) <= limit
+        if i < len(consumes):
+            n = min(consumes[i], len(model))
+            assert bytes(box.pending()[:n]) == bytes(model[:n])
+            box.consume(n)
+            del model[:n]
+        assert bytes(box.pending()) == bytes(model)
+        assert len(box) == len(model)
