@@ -23,6 +23,7 @@ from loadgen.integrity import (
     HEADER,
     Pattern,
     Unsolicited,
+    Window,
     count_unanswered,
     settle_mismatch,
 )
@@ -31,16 +32,17 @@ from loadgen.timer import Timer
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
 _pack = HEADER.pack
+PRIME = 0  # a pseudo epoll event: no bytes to read, just send (epoll never reports 0)
 
 
 class EchoConn:
     __slots__ = ("active", "alive", "arrivals", "body", "buf", "cid", "fd", "inflight", "key",
-                 "missing", "out", "pattern", "recv", "seq", "sock", "waiting")
+                 "missing", "out", "pattern", "recv", "send", "seq", "sock", "waiting")
 
     def __init__(self, cid: int, sock: socket.socket, pattern: Pattern, active: bool) -> None:
         self.cid, self.sock, self.fd, self.pattern = cid, sock, sock.fileno(), pattern
         # Looked up once: these are used for every message.
-        self.body, self.key, self.recv = pattern.body, pattern.key, sock.recv
+        self.body, self.key, self.recv, self.send = pattern.body, pattern.key, sock.recv, sock.send
         self.active = active
         self.alive = True
         self.buf = b""
@@ -119,6 +121,18 @@ class EchoWorker(Worker):
             self.send_due(c, due, now, free=False)
 
     # -- receiving --------------------------------------------------------------
+    def settle(self, c: EchoConn, frame: bytes) -> tuple | None:
+        """The in-flight entry a (split) frame answers, or None (damaged, duplicate...)."""
+        inflight = c.inflight
+        if inflight and frame == inflight[0][1]:
+            return inflight.popleft()
+        try:
+            return settle_mismatch(frame, c.pattern, inflight, c.missing, self.tally,
+                                   Window(self.ws, self.we))
+        except Unsolicited:
+            self.fail("unsolicited data")
+            return None
+
     def split(self, c: EchoConn, data: bytes) -> list[bytes]:
         size = self.plan.size
         buf = c.buf + data
@@ -127,32 +141,102 @@ class EchoWorker(Worker):
         return [buf[i:i + size] for i in range(0, whole, size)]
 
     def run(self, go: Go) -> None:
-        self.ws, self.we = go.window
-        window, plan = go.window, self.plan
+        self.ws, self.we = ws, we = window = go.window
+        plan, open_loop = self.plan, self.open_loop
         clock = time.perf_counter_ns
-        timer = Timer() if self.open_loop else None
+        timer = Timer() if open_loop else None
         sleep_until(go.t0)
-        depth, send = plan.depth, self.send
-        if self.open_loop:
-            self.schedule_first(go.t0)
-        else:
-            now = clock()
-            for c in self.active:
-                while len(c.inflight) < depth and c.alive:
-                    send(c, now, now)
-        conns, poll, tally, size = self.conns, self.ep.poll, self.tally, plan.size
-        heap, armed = self.heap, 0
         if timer is not None:
+            self.schedule_first(go.t0)
             self.ep.register(timer.fd, IN)
+        # Closed loop starts with a PRIME pseudo-event per connection, so that
+        # the first sends take the same (inlined) path as every later one.
+        events = [] if open_loop else [(c.fd, PRIME) for c in self.active]
+        conns, poll, tally = self.conns, self.ep.poll, self.tally
+        size, depth = plan.size, plan.depth
+        heap, armed = self.heap, 0
         record, serve = self.latency.append, self.service.append
-        ws, we, open_loop = self.ws, self.we, self.open_loop
-        bufsize = min(RECV_SIZE, size * plan.depth)
+        bufsize = min(RECV_SIZE, size * depth)
         phases = Phases(self, window, plan.drain_s)
-        received = 0  # a local on the hot path; added to the tally at the end
+        refill = not open_loop
+        received = sent = 0  # locals on the hot path; added to the tally at the end
         while True:
+            for fd, ev in events:
+                c = conns.get(fd)
+                if c is None:
+                    if timer is not None and fd == timer.fd:
+                        timer.clear()
+                        armed = 0
+                    continue
+                inflight = c.inflight
+                if not ev:
+                    t = clock()
+                else:
+                    if ev & OUT:
+                        self.flush(c)
+                    try:
+                        data = c.recv(bufsize)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self.drop(c, exc)
+                        continue
+                    if not data:
+                        self.drop(c, "EOF")
+                        continue
+                    t = clock()
+                    if c.buf or len(data) != size:
+                        frames = self.split(c, data)
+                    elif inflight and data == inflight[0][1]:
+                        # The usual case: exactly the next frame, intact.
+                        frames = ()
+                        entry = inflight.popleft()
+                        due = entry[2]
+                        if ws <= due < we:
+                            received += 1
+                            record(t - due)
+                            if open_loop:
+                                serve(t - entry[3])
+                    else:
+                        frames = (data,)
+                    for frame in frames:
+                        entry = self.settle(c, frame)
+                        if entry is not None and ws <= entry[2] < we:
+                            received += 1
+                            record(t - entry[2])
+                            if open_loop:
+                                serve(t - entry[3])
+                    if not c.active:
+                        continue
+                    if open_loop:
+                        self.release(c, t)
+                while refill and len(inflight) < depth:
+                    # Closed loop: the next message, sent in line (a call per
+                    # message costs more than the rest of this loop).
+                    seq = c.seq
+                    c.seq = seq + 1
+                    frame = _pack(seq, seq ^ c.key) + c.body
+                    inflight.append((seq, frame, t, t))
+                    if ws <= t < we:
+                        sent += 1
+                    if c.out:
+                        c.out += frame
+                        continue
+                    try:
+                        n = c.send(frame)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        self.drop(c, exc)
+                        break
+                    if n != size:
+                        c.out = frame[n:]
+                        self.ep.modify(fd, IN | OUT)
             now = clock()
-            if now >= phases.next and not phases.advance(now):
-                break
+            if now >= phases.next:
+                if not phases.advance(now):
+                    break
+                refill = phases.sending and not open_loop
             # Open loop keeps sending what was due inside the window while it
             # drains: a held-back message is exactly what response time is about.
             if not phases.sending and not heap and not any(
@@ -164,56 +248,11 @@ class EchoWorker(Worker):
                 if heap and heap[0][0] != armed:
                     armed = heap[0][0]
                     timer.arm(armed)
-            for fd, ev in poll(phases.timeout(now)):
-                c = conns.get(fd)
-                if c is None:
-                    if timer is not None and fd == timer.fd:
-                        timer.clear()
-                        armed = 0
-                    continue
-                if ev & OUT:
-                    self.flush(c)
-                try:
-                    data = c.recv(bufsize)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    self.drop(c, exc)
-                    continue
-                if not data:
-                    self.drop(c, "EOF")
-                    continue
-                t = clock()
-                frames = self.split(c, data) if c.buf or len(data) != size else (data,)
-                inflight = c.inflight
-                for frame in frames:
-                    if inflight and frame == inflight[0][1]:
-                        entry = inflight.popleft()
-                    else:
-                        try:
-                            entry = settle_mismatch(frame, c.pattern, inflight, c.missing,
-                                                    tally, window)
-                        except Unsolicited:
-                            self.fail("unsolicited data")
-                            continue
-                        if entry is None:
-                            continue
-                    due = entry[2]
-                    if ws <= due < we:
-                        received += 1
-                        record(t - due)
-                        if open_loop:
-                            serve(t - entry[3])
-                if not c.active:
-                    continue
-                if open_loop:
-                    self.release(c, t)
-                elif phases.sending:
-                    while len(inflight) < depth and c.alive:
-                        send(c, t, t)
+            events = poll(phases.timeout(now))
         if timer is not None:
             timer.close()
         tally.received += received
+        tally.sent += sent
         unsent = len(heap) + sum(c.waiting is not None for c in self.all)
         if unsent:
             self.errors["unsent at drain end"] += unsent
