@@ -75,8 +75,9 @@ class EchoWorker(Worker):
         self.lag = Lag()
         self.heap: list[tuple[int, int]] = []
 
-    # -- sending --------------------------------------------------------------
+    # -- open-loop sending -------------------------------------------------------
     def send(self, c: EchoConn, due: int, now: int) -> None:
+        """One message due at `due` (the closed loop sends in line, in run())."""
         seq = c.seq
         c.seq = seq + 1
         frame = _pack(seq, seq ^ c.key) + c.body
@@ -85,7 +86,6 @@ class EchoWorker(Worker):
             self.tally.sent += 1
         self.write(c, frame)
 
-    # -- open-loop schedule ----------------------------------------------------
     def schedule_first(self, t0: int) -> None:
         plan = self.plan
         for c in self.active:
