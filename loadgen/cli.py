@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import textwrap
 
 from loadgen import engine, summary
 from loadgen.integrity import CHAT_MIN_SIZE, ECHO_MIN_SIZE
@@ -59,38 +60,39 @@ def _cpu_list(text: str) -> list[int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n", 1)[1].split("\n\nEvery")[0].replace("\n", " ")
+    parser.description = textwrap.fill(__doc__.split("\n\n")[1].replace("\n", " "), 79)
     parser.epilog = __doc__.split("\n\n", 2)[2]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add = parser.add_argument
-    add("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    add("--port", type=_number(int, 1, 65535), required=True, help="server port")
+    add("--host", metavar="HOST", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    add("--port", metavar="PORT", type=_number(int, 1, 65535), required=True, help="server port")
     add("--workload", choices=WORKLOADS, default="echo", help="default echo")
-    add("--clients", type=_number(int, 1), default=10,
+    add("--clients", metavar="N", type=_number(int, 1), default=10,
         help="connections (churn: connections cycling at once) (default 10)")
-    add("--size", type=_number(int, 1, 1 << 24), default=64,
+    add("--size", metavar="BYTES", type=_number(int, 1, 1 << 24), default=64,
         help=f"message bytes (default 64; echo >= {ECHO_MIN_SIZE}, chat >= {CHAT_MIN_SIZE})")
-    add("--rate", type=_number(float, 0.001), default=None,
+    add("--rate", metavar="MSGS_PER_S", type=_number(float, 0.001), default=None,
         help="open loop: total messages (chat: lines) per second over all clients; "
              "without it the loop is closed")
     add("--arrival", choices=("constant", "poisson"), default="constant",
         help="open-loop inter-send gaps (default constant)")
-    add("--depth", type=_number(int, 1, 1024), default=1,
+    add("--depth", metavar="D", type=_number(int, 1, 1024), default=1,
         help="echo: messages in flight per connection (open loop: at most) (default 1)")
-    add("--duration", type=_number(float, 0.01, 3600), default=5.0,
+    add("--duration", metavar="S", type=_number(float, 0.01, 3600), default=5.0,
         help="measurement window in seconds (default 5)")
-    add("--warmup", type=_number(float, 0, 600), default=1.0,
+    add("--warmup", metavar="S", type=_number(float, 0, 600), default=1.0,
         help="seconds of load before the window opens (default 1)")
-    add("--drain", type=_number(float, 0, 60), default=1.0,
+    add("--drain", metavar="S", type=_number(float, 0, 60), default=1.0,
         help="seconds to wait for outstanding replies after the window (default 1)")
-    add("--procs", type=_number(int, 1, 256), default=None,
+    add("--procs", metavar="K", type=_number(int, 1, 256), default=None,
         help="worker processes (default: one per CPU the generator may use)")
-    add("--active", type=_number(int, 1), default=1,
+    add("--active", metavar="K", type=_number(int, 1), default=1,
         help="sparse: how many of the --clients connections ping-pong (default 1)")
-    add("--connect-timeout", type=_number(float, 0.01, 60), default=3.0,
+    add("--connect-timeout", metavar="S", type=_number(float, 0.01, 60), default=3.0,
         help="seconds to wait for each connection (default 3)")
-    add("--seed", type=int, default=1, help="seed of payloads and Poisson gaps (default 1)")
-    add("--cpus", type=_cpu_list, default=None,
+    add("--seed", metavar="N", type=int, default=1,
+        help="seed of payloads and Poisson gaps (default 1)")
+    add("--cpus", metavar="LIST", type=_cpu_list, default=None,
         help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
     add("--json", action="store_true", help="print one JSON object instead of the summary")
     add("--allow-remote", action="store_true",
