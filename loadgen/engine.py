@@ -59,7 +59,6 @@ class Outcome:
 
     results: list[dict]
     connected: int
-    connect_errors: dict[str, int]
     window: Window | None            # None when the run never started
     clock_offset: float               # time.time() - perf_counter at the start
     missing_workers: int              # workers that died or timed out without a result
@@ -201,10 +200,6 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
     try:
         ready = workers.gather("ready", started + connect_budget + GRACE_S)
         connected = sum(r[0] for r in ready.values())
-        connect_errors: dict[str, int] = {}
-        for _, errors in ready.values():
-            for kind, n in errors.items():
-                connect_errors[kind] = connect_errors.get(kind, 0) + n
         window = None
         if connected or cfg.workload == "churn":
             t0 = time.perf_counter_ns() + START_DELAY_NS
@@ -220,7 +215,7 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
         else:
             workers.send(("stop",))
         results = workers.gather("result", hard_cap)
-        return Outcome([r[0] for _, r in sorted(results.items())], connected, connect_errors,
-                       window, clock_offset, procs - len(results), procs)
+        return Outcome([r[0] for _, r in sorted(results.items())], connected, window,
+                       clock_offset, procs - len(results), procs)
     finally:
         workers.close()

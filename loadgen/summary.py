@@ -38,7 +38,7 @@ def _histograms(results: list[dict], key: str) -> tuple[np.ndarray, list[str | N
     return merged, [hdr_encode(values) for values in per_worker]
 
 
-def _judge(cfg: Config, outcome: Outcome, util: float, own_lag: np.ndarray) -> list[str]:
+def _judge(outcome: Outcome, util: float, own_lag: np.ndarray) -> list[str]:
     reasons = []
     if util >= MAX_CPU_UTIL:
         reasons.append(f"load generator saturated its CPUs ({util:.0%} busy)")
@@ -63,7 +63,7 @@ def build(cfg: Config, outcome: Outcome) -> dict:
     own_lag = as_numpy([r.get("own_lag", b"") for r in results])
     cpu_s = _sum(results, "cpu_ns") / 1e9
     util = cpu_s / (cfg.duration * _cpus_usable(cfg, outcome.procs)) if cfg.duration else 0.0
-    reasons = _judge(cfg, outcome, util, own_lag)
+    reasons = _judge(outcome, util, own_lag)
     open_loop = cfg.rate is not None and cfg.workload == "echo"
     out = {
         "workload": cfg.workload,

@@ -238,7 +238,7 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------
     def main(self) -> None:
         socks = self.prepare(self.open_connections()) if self.needs_connections else {}
-        self.chan.send(("ready", len(socks), dict(self.errors)))
+        self.chan.send(("ready", len(socks)))
         message = self.chan.recv()
         self.adopt(socks)
         if message[0] == "go":
