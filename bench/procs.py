@@ -110,8 +110,13 @@ def read_ready_line(proc: subprocess.Popen, timeout: float) -> str | None:
     return proc.stdout.readline() or None
 
 
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+def identity(fd: int) -> tuple[int, int] | None:
+    """(device, inode) of an open descriptor, None when it is closed."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def tail(path: Path, lines: int = 3) -> str:

@@ -13,13 +13,13 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from bench import cgroup, procs
 from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
-from bench.environment import Placement, environment, loadavg, placement
+from bench.environment import environment, loadavg, placement
+from bench.launch import TrialSpec
 from bench.results import (
     SCHEMA_VERSION,
     new_run_id,
@@ -27,6 +27,7 @@ from bench.results import (
     utc_now,
     write_results_atomic,
 )
+from bench.runner import Runner
 from bench.scenarios import (
     REFERENCE,
     SCENARIOS,
@@ -37,7 +38,6 @@ from bench.scenarios import (
     load_args,
     plan,
 )
-from bench.trial import Launched, TrialSpec, run_trial
 from servers.models import MODELS
 
 
@@ -115,7 +115,9 @@ def _spec(planned: PlannedTrial, args: argparse.Namespace, reference_cmd) -> Tri
         scenario=sc.name, workload=sc.workload, model=planned.model, protocol=sc.protocol,
         point=planned.point, repeat=planned.repeat,
         duration=settings.duration * args.duration_scale,
-        warmup=settings.warmup * args.duration_scale,
+        # A server accepts a thousand connections in a fraction of a second, or a
+        # second on a busy machine: the window must not open before it has them all.
+        warmup=(settings.warmup + connections(planned.point) / 1000) * args.duration_scale,
         sample_interval=settings.sample_interval,
         load_args=load_args(sc, planned.point), connections=connections(planned.point),
         reference_cmd=reference_cmd)
@@ -216,49 +218,6 @@ def _cpu_accounting(disabled: bool) -> str:
         return "psutil: tree walk plus reaped children (no writable CPU cgroup here)"
     probe.remove()
     return f"cgroup {probe.version} under {probe.path.parent} (one group per server)"
-
-
-class Runner:
-    """Runs the trials in order, starting each server while the previous trial's
-    load generator drains (its window has closed, so it measures nothing then)."""
-
-    def __init__(self, specs: list[TrialSpec], where: Placement, use_cgroup: bool) -> None:
-        self.specs, self.where, self.use_cgroup = specs, where, use_cgroup
-        self.pending: dict[int, Launched] = {}
-        self.lock = threading.RLock()
-
-    def _launch(self, index: int) -> Launched:
-        with self.lock:
-            if index not in self.pending:
-                self.pending[index] = Launched.start(self.specs[index], self.where,
-                                                     self.use_cgroup)
-            return self.pending[index]
-
-    def run(self, index: int, display: Display) -> dict:
-        spec = self.specs[index]
-        label = describe(spec.scenario, spec.model, spec.point, spec.repeat)
-        display.started(label)
-        server = self._launch(index)
-        ahead = (lambda: self._launch(index + 1)) if index + 1 < len(self.specs) else None
-        try:
-            trial = run_trial(spec, self.where, server, on_window_end=ahead,
-                              fds_ahead=self._fds_ahead)
-        finally:
-            with self.lock:
-                self.pending.pop(index, None)
-        display.finished(label, trial)
-        return trial
-
-    def _fds_ahead(self) -> set[int]:
-        with self.lock:
-            return {launched.proc.stdout.fileno() for launched in self.pending.values()
-                    if launched.proc.stdout and not launched.proc.stdout.closed}
-
-    def close(self) -> None:
-        with self.lock:
-            for launched in self.pending.values():
-                launched.dispose()
-            self.pending.clear()
 
 
 def _install_interrupt() -> dict:

@@ -1,10 +1,14 @@
-"""One trial: start the server, drive it, sample it, stop it, say what happened.
+"""One trial: wait for the server, drive it, sample it, stop it, say what happened.
 
-The server runs through the same `muxbench serve` entry a user runs (or the C
-reference binary), in its own process group, pinned to its CPU; the load
-generator runs on the other CPUs and reports on stderr when its measurement
-window opens and closes, which is when the sampler snapshots the server's
-CPU.  Whatever goes wrong is recorded as the trial's status and reason, never
+A trial runs in two halves so that the suite can overlap the dead time of
+consecutive trials without ever overlapping what they measure: `begin()` waits
+for the server's ready line and starts the sampler and the load generator (it
+may run in a helper thread, while the previous trial drains and stops);
+`finish()` waits for the generator, computes the figures and stops everything.
+The load generator reports on stderr when its window opens and closes, which
+is when the sampler snapshots the server's CPU.
+
+Whatever goes wrong is recorded as the trial's status and reason, never
 raised: a suite goes on after a failed trial.  Only KeyboardInterrupt passes
 through, after every process of the trial is dead.
 """
@@ -12,202 +16,187 @@ through, after every process of the trial is dead.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 from bench import procs
-from bench.cgroup import CpuCgroup
 from bench.environment import ROOT, Placement
+from bench.launch import Launched, TrialSpec
 from bench.results import utc_now
 from bench.sampler import TreeSampler
-from bench.scenarios import REFERENCE, server_args
 from bench.verdict import classify, derived
 
-HOST = "127.0.0.1"
-MUXBENCH = [sys.executable, "-m", "bench.cli"]
 READY_TIMEOUT = 15.0
-STOP_GRACE = 3.0
 WINDOW_START = "muxbench load: window start"
 WINDOW_END = "muxbench load: window end"
 
 
-@dataclass
-class TrialSpec:
-    scenario: str
-    workload: str
-    model: str
-    protocol: str
-    point: dict
-    repeat: int
-    duration: float
-    warmup: float
-    sample_interval: float
-    load_args: list[str]  # workload options of the point (bench.scenarios.load_args)
-    connections: int
-    reference_cmd: list[str] | None = None
+class Trial:
+    def __init__(self, spec: TrialSpec, where: Placement, server: Launched,
+                 on_window_end: Callable[[], None] | None = None) -> None:
+        self.spec, self.where, self.server = spec, where, server
+        self.on_window_end = on_window_end
+        self.t0 = time.monotonic()
+        self.started_at = utc_now()
+        self.failure: str | None = None
+        self.sampler: TreeSampler | None = None
+        self.load_proc: subprocess.Popen | None = None
+        self.output = ""  # the generator's stdout: one JSON object
+        self.readers: list[threading.Thread] = []
+        self.lines: list[str] = []
+        self.rusage = None
+        self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
+        self._remember(server.proc.stdout.fileno())
 
-    def server_argv(self) -> list[str]:
-        if self.model == REFERENCE:
-            return [*(self.reference_cmd or []), "--host", HOST, "--port", "0"]
-        return [*MUXBENCH, "serve", self.model, "--protocol", self.protocol, "--host", HOST,
-                "--port", "0", "-q", *server_args(self.point)]
+    def _remember(self, fd: int) -> None:
+        self.own_fds[fd] = procs.identity(fd)
 
-    def load_argv(self, port: int, where: Placement) -> list[str]:
-        argv = [*MUXBENCH, "load", "--host", HOST, "--port", str(port),
-                *self.load_args, "--duration", f"{self.duration:g}",
-                "--warmup", f"{self.warmup:g}", "--procs", str(len(where.client_cpus)), "--json"]
-        if where.pinned:
-            argv += ["--cpus", ",".join(map(str, where.client_cpus))]
-        return argv
-
-    def load_timeout(self) -> float:
-        # Room to connect (a busy-polling server accepts slowly at 10000 clients) and to
-        # drain, yet bounded: a stuck trial is killed and recorded, the suite goes on.
-        return self.warmup + self.duration + 20.0 + self.connections / 200
-
-
-@dataclass
-class Launched:
-    """A server process started ahead of its trial (see Suite.prelaunch)."""
-
-    proc: subprocess.Popen
-    stderr_path: Path
-    cgroup: CpuCgroup | None
-    started: float = field(default_factory=time.monotonic)
-
-    @classmethod
-    def start(cls, spec: TrialSpec, where: Placement, use_cgroup: bool) -> Launched:
-        with tempfile.NamedTemporaryFile(prefix="muxbench-server-", suffix=".log",
-                                         delete=False) as log:
-            stderr_path = Path(log.name)
-        with open(stderr_path, "wb") as err:
-            proc = procs.spawn(spec.server_argv(), cpus=where.server_cpus if where.pinned
-                               else None, stdout=subprocess.PIPE, stderr=err, text=True,
-                               cwd=ROOT)
-        cgroup = CpuCgroup.create(str(proc.pid)) if use_cgroup else None
-        if cgroup is not None and not cgroup.add(proc.pid):
-            cgroup.remove()
-            cgroup = None
-        return cls(proc, stderr_path, cgroup)
-
-    def dispose(self) -> dict:
-        record = procs.stop_group(self.proc, STOP_GRACE)
-        if self.cgroup is not None:
-            # Whatever left the process group (setsid) is still in the cgroup.
-            escaped = self.cgroup.wait_empty(0.5)
-            if escaped:
-                record["leftover_procs"] += len(escaped)
-                procs.kill_pids(escaped)
-                record["remaining_after_kill"] += len(self.cgroup.wait_empty(1.0))
-            self.cgroup.remove()
-        self.stderr_path.unlink(missing_ok=True)
-        return record
-
-
-def run_trial(spec: TrialSpec, where: Placement, server: Launched, on_window_end=None,
-              fds_ahead=lambda: set()) -> dict:
-    """Run one trial on an already launched server; always stops it.
-
-    `fds_ahead()` names the descriptors held for servers launched ahead of
-    their trial, which are not this trial's to close."""
-    trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
-             "point": spec.point, "repeat": spec.repeat, "status": "failed", "reason": None,
-             "started_at": utc_now(), "duration_s": None, "server": None, "client": None,
-             "derived": derived(None, None), "load": None, "cleanup": None}
-    t0 = time.monotonic()
-    fds_before = procs.open_fds() - {server.proc.stdout.fileno()}
-    load_proc = None
-    try:
-        line = procs.read_ready_line(server.proc, READY_TIMEOUT)
-        if not line or "listening on " not in line:
-            trial["reason"] = ("server did not start: "
-                               + (procs.tail(server.stderr_path) or repr(line)))
-            return trial
-        port = int(line.rsplit(":", 1)[1])
-        sampler = TreeSampler(server.proc.pid, spec.sample_interval, server.cgroup)
-        sampler.mark("ready")
-        sampler.start()
+    # -- first half ---------------------------------------------------------
+    def begin(self) -> None:
         try:
-            load_proc, outcome = _drive(spec, where, port, sampler, on_window_end)
+            self._begin()
+        except Exception as exc:  # a helper thread must not die silently
+            self.failure = f"harness error while starting the trial: {exc}"
+
+    def _begin(self) -> None:
+        line = procs.read_ready_line(self.server.proc, READY_TIMEOUT)
+        if not line or "listening on " not in line:
+            self.failure = ("server did not start: "
+                            + (procs.tail(self.server.stderr_path) or repr(line)))
+            return
+        port = int(line.rsplit(":", 1)[1])
+        self.sampler = TreeSampler(self.server.proc.pid, self.spec.sample_interval,
+                                   self.server.cgroup)
+        self.sampler.mark("ready")
+        self.sampler.start()
+        self.sampler.mark("load_start")
+        # Pipes, not a temporary file: a pipe's inode is never reused soon, which is what
+        # makes the leftover-descriptor check below exact.
+        self.load_proc = procs.spawn(self.spec.load_argv(port, self.where),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT)
+        for stream, target in ((self.load_proc.stdout, self._slurp),
+                               (self.load_proc.stderr, self._watch)):
+            self._remember(stream.fileno())
+            self.readers.append(threading.Thread(target=target, daemon=True))
+            self.readers[-1].start()
+
+    def _slurp(self) -> None:
+        self.output = self.load_proc.stdout.read()
+
+    def _watch(self) -> None:
+        for raw in self.load_proc.stderr:
+            line = raw.strip()
+            if line == WINDOW_START:
+                self.sampler.mark("start")
+            elif line == WINDOW_END:
+                self.sampler.mark("end")
+                if self.on_window_end is not None:
+                    self.on_window_end()
+            elif line:
+                self.lines.append(line)
+
+    # -- second half --------------------------------------------------------
+    def finish(self, previous_done: float | None = None) -> dict:
+        """Wait for the load generator, judge, stop everything; the trial's record.
+
+        `previous_done` is when the previous trial had stopped its server: a
+        window that opened before it is flagged, never silently kept."""
+        spec = self.spec
+        trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
+                 "point": spec.point, "repeat": spec.repeat, "status": "failed",
+                 "reason": self.failure, "started_at": self.started_at, "duration_s": None,
+                 "server": None, "client": None, "derived": derived(None, None), "load": None,
+                 "cleanup": None}
+        try:
+            if self.failure is None:
+                self._measure(trial, previous_done)
         finally:
-            sampler.stop()
-        load, client = outcome["load"], outcome["client"]
-        window = ("start", "end") if {"start", "end"} <= sampler.marks.keys() \
-            else ("load_start", "load_end")
-        stats = sampler.stats(*window, baseline="ready")
-        stats["window"] = "loadgen" if window[0] == "start" else "process"
-        trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
-                     timeline={name: round(mark.t - t0, 3) for name, mark in sampler.marks.items()})
-        server_status = server.proc.poll()
-        trial["status"], trial["reason"] = classify(
-            spec.workload, load, outcome, server_status, procs.tail(server.stderr_path))
+            self._stop(trial)
         return trial
-    finally:
-        if load_proc is not None:
-            procs.kill_group(load_proc)
-        cleanup = server.dispose()
-        cleanup["leftover_fds"] = len(procs.open_fds() - fds_before - fds_ahead())
+
+    def _measure(self, trial: dict, previous_done: float | None) -> None:
+        timed_out = not self._wait_load(self.spec.load_timeout())
+        if timed_out:
+            procs.kill_group(self.load_proc)
+        self._join_readers()
+        self.sampler.mark("load_end")
+        self.sampler.stop()
+        try:
+            load = json.loads(self.output) if self.output.strip() else None
+        except ValueError:
+            load = None
+        marks = self.sampler.marks
+        window = ("start", "end") if {"start", "end"} <= marks.keys() else ("load_start",
+                                                                             "load_end")
+        stats = self.sampler.stats(*window, baseline="ready")
+        stats["window"] = "loadgen" if window[0] == "start" else "process"
+        client = None
+        if self.rusage is not None:
+            client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage"}
+        trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
+                     timeline={name: round(m.t - self.t0, 3) for name, m in marks.items()})
+        outcome = {"timed_out": timed_out, "exit_status": self.load_proc.returncode,
+                   "stderr": " | ".join(self.lines[-3:]), "timeout_s": self.spec.load_timeout()}
+        trial["status"], trial["reason"] = classify(
+            self.spec.workload, load, outcome, self.server.proc.poll(),
+            procs.tail(self.server.stderr_path))
+        if previous_done is not None and marks[window[0]].t < previous_done:
+            lead = previous_done - marks[window[0]].t
+            _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
+                         "trial's server had stopped")
+
+    def _join_readers(self) -> None:
+        for reader in self.readers:
+            reader.join(5)
+
+    def _wait_load(self, timeout: float) -> bool:
+        """Reap the load generator with wait4, for its exact CPU; False on timeout."""
+        deadline = time.monotonic() + timeout
+        proc = self.load_proc
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                self.rusage = usage
+                return True
+            time.sleep(0.01)
+        return False
+
+    def abort(self) -> None:
+        """Stop whatever this trial started, without a record (the suite is stopping)."""
+        self._stop({})
+
+    def _stop(self, trial: dict) -> None:
+        if self.load_proc is not None:
+            procs.kill_group(self.load_proc)
+        self._join_readers()
+        if self.sampler is not None:
+            self.sampler.stop()
+        cleanup = self.server.dispose()
+        # Still open = the same number naming the same file (numbers and inodes are both
+        # reused, by the trial that started meanwhile, but not together).
+        cleanup["leftover_fds"] = sum(procs.identity(fd) == ident
+                                      for fd, ident in self.own_fds.items())
         trial["cleanup"] = cleanup
-        trial["duration_s"] = round(time.monotonic() - t0, 3)
+        trial["duration_s"] = round(time.monotonic() - self.t0, 3)
         trial.setdefault("timeline", {})["stopped"] = trial["duration_s"]
         if cleanup["leftover_procs"]:
-            note = (f"cleanup: {cleanup['leftover_procs']} process(es) outlived the server's "
-                    "stop" + ("" if cleanup["graceful"] else " (it ignored SIGTERM)")
-                    + f"; {cleanup['killed']} killed")
-            trial["reason"] = f"{trial['reason']}; {note}" if trial["reason"] else note
+            _note(trial, f"cleanup: {cleanup['leftover_procs']} process(es) outlived the "
+                         "server's stop" + ("" if cleanup["graceful"] else
+                                            " (it ignored SIGTERM)")
+                  + f"; {cleanup['killed']} killed")
 
 
-def _drive(spec: TrialSpec, where: Placement, port: int, sampler: TreeSampler,
-           on_window_end) -> tuple[subprocess.Popen, dict]:
-    """Run the load generator to completion (or its timeout); marks the window."""
-    with tempfile.TemporaryFile(mode="w+") as out:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        sampler.mark("load_start")
-        proc = procs.spawn(spec.load_argv(port, where), stdout=out, stderr=subprocess.PIPE,
-                           text=True, cwd=ROOT)
-        lines: list[str] = []
-        reader = threading.Thread(target=_watch, args=(proc, sampler, lines, on_window_end),
-                                  name="loadgen-stderr", daemon=True)
-        reader.start()
-        timed_out = False
-        try:
-            proc.wait(spec.load_timeout())
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            procs.kill_group(proc)
-        finally:
-            if proc.returncode is None:  # interrupted: kill it before the reader can hang
-                procs.kill_group(proc)
-            reader.join(5)
-        sampler.mark("load_end")
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out.seek(0)
-        text = out.read()
-    try:
-        load = json.loads(text) if text.strip() else None
-    except ValueError:
-        load = None
-    client = {"cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-              "source": "rusage"}
-    return proc, {"load": load, "client": client, "exit_status": proc.returncode,
-                  "timed_out": timed_out, "stderr": " | ".join(lines[-3:]),
-                  "timeout_s": spec.load_timeout()}
+def _note(trial: dict, note: str) -> None:
+    trial["reason"] = f"{trial['reason']}; {note}" if trial["reason"] else note
 
 
-def _watch(proc: subprocess.Popen, sampler: TreeSampler, lines: list[str], on_window_end) -> None:
-    for raw in proc.stderr:
-        line = raw.strip()
-        if line == WINDOW_START:
-            sampler.mark("start")
-        elif line == WINDOW_END:
-            sampler.mark("end")
-            if on_window_end is not None:
-                on_window_end()
-        elif line:
-            lines.append(line)
+def run_trial(spec: TrialSpec, where: Placement, server: Launched) -> dict:
+    """Both halves in a row (no overlap): for tests and one-off trials."""
+    trial = Trial(spec, where, server)
+    trial.begin()
+    return trial.finish()

@@ -20,10 +20,11 @@ import pytest
 from bench import results as R
 from bench.cgroup import CGROUP_ROOT, PREFIX
 from bench.environment import placement
+from bench.launch import Launched, TrialSpec
 from bench.procs import group_members
 from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
 from bench.suite import _models
-from bench.trial import Launched, TrialSpec, run_trial
+from bench.trial import run_trial
 from bench.verdict import classify
 from tests.support import MUXBENCH, ROOT, process_tree, wait_for
 

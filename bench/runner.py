@@ -1,0 +1,78 @@
+"""Runs a suite's trials in order, overlapping the dead time between them.
+
+While trial k's load generator drains and its server stops, trial k+1's
+server is started and, once ready, its load generator too: their start-up
+(an interpreter, imports, connecting) is most of a short trial's wall time.
+Measurement windows never overlap in practice -- a generator warms up well
+after the previous trial is done -- and a trial whose window did open early is
+flagged in its reason ("overlap"), not silently kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from bench import procs
+from bench.console import Display, describe
+from bench.environment import Placement
+from bench.launch import Launched, TrialSpec
+from bench.trial import Trial
+
+
+class Runner:
+    def __init__(self, specs: list[TrialSpec], where: Placement, use_cgroup: bool) -> None:
+        self.specs, self.where, self.use_cgroup = specs, where, use_cgroup
+        self.live: dict[int, tuple[Trial, threading.Thread | None]] = {}
+        self.lock = threading.RLock()
+        self.closed = False
+        self.previous_done: float | None = None
+
+    def _new(self, index: int) -> Trial:
+        spec = self.specs[index]
+        ahead = (lambda: self._begin_ahead(index + 1)) if index + 1 < len(self.specs) else None
+        return Trial(spec, self.where, Launched.start(spec, self.where, self.use_cgroup), ahead)
+
+    def _begin_ahead(self, index: int) -> None:
+        # Called from trial index-1's stderr reader when its window closes.
+        with self.lock:
+            if self.closed or index in self.live:
+                return
+            trial = self._new(index)
+            thread = threading.Thread(target=trial.begin, name=f"begin-{index}", daemon=True)
+            self.live[index] = (trial, thread)
+            thread.start()
+
+    def run(self, index: int, display: Display) -> dict:
+        spec = self.specs[index]
+        label = describe(spec.scenario, spec.model, spec.point, spec.repeat)
+        display.started(label)
+        with self.lock:
+            entry = self.live.get(index)
+            if entry is None:
+                entry = self.live[index] = (self._new(index), None)
+        trial, thread = entry
+        if thread is None:
+            trial.begin()
+        else:
+            thread.join()
+        try:
+            record = trial.finish(self.previous_done)
+        finally:
+            with self.lock:
+                self.live.pop(index, None)
+        self.previous_done = time.monotonic()
+        display.finished(label, record)
+        return record
+
+    def close(self) -> None:
+        """Stop every trial still in flight (after Ctrl-C or an error)."""
+        with self.lock:
+            self.closed = True
+            entries = list(self.live.values())
+            self.live.clear()
+        for trial, thread in entries:
+            if thread is not None:
+                procs.kill_group(trial.server.proc)  # unblocks a wait for its ready line
+                thread.join(20)
+            trial.abort()
