@@ -253,7 +253,8 @@ class EchoWorker(Worker):
             timer.close()
         tally.received += received
         tally.sent += sent
-        unsent = len(heap) + sum(c.waiting is not None for c in self.all)
+        unsent = sum(self.by_cid[cid].alive for _, cid in heap) + sum(
+            c.waiting is not None for c in self.all if c.alive)
         if unsent:
             self.errors["unsent at drain end"] += unsent
         for c in self.all:

@@ -265,7 +265,7 @@ def test_open_loop_stall_shows_in_response_time_not_service_time() -> None:
     assert response["p99"] > 150_000
     assert response["max"] >= 190_000
     # Only the one stalled message itself took long to be served.
-    assert service["p99"] < 50_000
+    assert service["p99"] < 100_000 and service["p99"] < response["p99"] / 2
     assert service["max"] >= 190_000
     assert out["late_sends"] >= 20
     assert out["max_send_lag_us"] >= 150_000
