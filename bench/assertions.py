@@ -46,7 +46,8 @@ def ipc_table(run: Run) -> Table:
     for model in models:
         table.add(model, *(value_at(run, "chat_fanout", model, m, room) for m in metrics))
     if room is None or "fork" not in models:
-        table.notes.append("Needs `fork` and at least one of thread/epoll in `chat_fanout`.")
+        table.notes.append("Needs a `chat_fanout` point where `fork` and thread or epoll "
+                           "all have ok repeats; this run has none.")
         return table
     fork = {m: run.median("chat_fanout", "fork", room, m) for m in (P99, CPU_PER_MSG)}
     for other in models[1:]:
@@ -76,7 +77,7 @@ def lock_table(run: Run) -> Table:
     for name, scenario in rows:
         x = run.common_x(scenario, ["thread", "epoll"], CPU_PER_MSG)
         if x is None:
-            table.add(name, "not measured", "", "", "", "", "")
+            table.add(name, f"no {scenario} point with ok repeats of both", "", "", "", "", "")
             continue
         t, e = (run.median(scenario, m, x, CPU_PER_MSG) for m in ("thread", "epoll"))
         extra[name] = (t, e, x)

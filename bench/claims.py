@@ -65,10 +65,11 @@ def _limits(run: Run, model: str) -> Cell:
         if dead:
             reason = (dead[0].failed[0].get("reason") or "no reason recorded")[:70]
             cell.append(f"failed at {fmt_x(dead[0].x)} {run.x_label(scenario)}: {reason}")
-        capped = [p for p in points if p.noted]
+        # Only a ceiling is a limit; other notes (e.g. timing overlaps) are about the trial.
+        capped = [(p, t) for p in points for t in p.noted if t["reason"].startswith("ceiling")]
         if capped:
-            cell.append(f"at {fmt_x(capped[0].x)} {run.x_label(scenario)}: "
-                        f"{capped[0].noted[0]['reason'][:70]}")
+            point, trial = capped[0]
+            cell.append(f"at {fmt_x(point.x)} {run.x_label(scenario)}: {trial['reason']}")
     sparse = [p for p in run.points("sparse", model) if p.median(CPU_PER_MSG) is not None]
     if len(sparse) >= 2:
         a, b = sparse[0], sparse[-1]
