@@ -35,14 +35,15 @@ Check = Callable[[dict], list[str]]
 
 
 def _median_at(results: dict, scenario: str, model: str, path: str,
-               statuses: Iterable[str] = ("ok",)) -> dict:
-    """{x: median of the metric over the point's repeats} for one model's scenario."""
+               statuses: Iterable[str] = ("ok",),
+               reduce: Callable[[list[float]], float] = statistics.median) -> dict:
+    """{x: median (or reduce) of the metric over the point's repeats} for one model."""
     out = {}
     for (scen, mod, _, x), trials in group_points(results, statuses).items():
         if scen == scenario and mod == model:
             values = [v for v in (metric(t, path) for t in trials) if v is not None]
             if values:
-                out[x] = statistics.median(values)
+                out[x] = reduce(values)
     return out
 
 
@@ -95,7 +96,13 @@ def check_cleanup(results: dict) -> list[str]:
 
 
 def check_polling_idle_cpu(results: dict) -> list[str]:
-    """Polling burns >= half a core with idle clients, and >= 20x epoll with the same ones."""
+    """Polling burns >= half a core with idle clients, and >= 20x epoll with the same ones.
+
+    The floor is checked on polling's best repeat: a spinning loop takes all the
+    CPU it is given, so other processes sharing its CPU can only lower what it
+    gets, never raise it.  The ratio to epoll uses the medians.
+    """
+    best = _median_at(results, "idle", "polling", "server.cpu_util", reduce=max)
     polling = _median_at(results, "idle", "polling", "server.cpu_util")
     epoll = _median_at(results, "idle", "epoll", "server.cpu_util")
     common = sorted(set(polling) & set(epoll))
@@ -103,8 +110,8 @@ def check_polling_idle_cpu(results: dict) -> list[str]:
         return ["idle: no client count measured for both polling and epoll"]
     out = []
     for n in common:
-        if polling[n] < POLLING_MIN_IDLE_CPU:
-            out.append(f"idle clients={n}: polling used {polling[n]:.2f} of a core, "
+        if best[n] < POLLING_MIN_IDLE_CPU:
+            out.append(f"idle clients={n}: polling used at most {best[n]:.2f} of a core, "
                        f"expected >= {POLLING_MIN_IDLE_CPU}")
         if polling[n] < POLLING_OVER_EPOLL * epoll[n]:
             out.append(f"idle clients={n}: polling {polling[n]:.3f} core is not "

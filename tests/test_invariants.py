@@ -88,6 +88,12 @@ def test_polling_idle_cpu_catches(healthy, broken_by, words):
     assert found and any(words in line for line in found)
 
 
+def test_polling_floor_reads_the_best_repeat_as_contention_only_lowers_it(healthy):
+    shared = fake.set_values(healthy, "idle", "polling", "server.cpu_util",
+                             [0.3, 0.9, 0.3, 0.3, 0.3])
+    assert invariants.check_polling_idle_cpu(shared) == []
+
+
 @pytest.mark.parametrize("model, edit, words", [
     # a select server that somehow watched all 1100 (no ceiling) breaks the claim
     ("select", lambda t: (t["load"].update(errors=0, errors_by_kind={}),
