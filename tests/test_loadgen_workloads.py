@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -276,3 +277,22 @@ def test_stops_by_itself_against_a_server_that_never_answers() -> None:
     assert run.status == 1
     assert out["sent"] == out["lost"] == 3 and out["received"] == 0
     assert elapsed < 15
+
+
+def test_hard_cap_ends_the_run_when_a_worker_hangs() -> None:
+    with serve("epoll") as server:
+        proc = start_load(server.port, "--clients", "4", "--procs", "2", "--duration", "0.5",
+                          "--warmup", "0", "--drain", "0.2", "--connect-timeout", "0.5")
+        try:
+            assert proc.stderr.readline().strip() == MARKERS[0]
+            workers = process_tree(proc.pid)
+            os.kill(workers[0], signal.SIGSTOP)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            kill_group(proc)
+    out = json.loads(stdout)
+    assert proc.returncode == 1
+    assert out["valid"] is False and "1 worker(s) died or timed out" in out["invalid_reason"]
+    assert out["received"] > 0  # the other worker's results are still there
+    assert "worker(s) died or timed out" in stderr.splitlines()[-1]
+    assert wait_gone(workers)
