@@ -145,20 +145,36 @@ def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
     return cells
 
 
+def _lost_point(key: tuple, n_base: int, failed: list[dict] | None,
+                trials: list[dict] | None) -> Cell:
+    """A point measured in BASE with no ok trial in NEW.
+
+    A server that now fails (crashes, loses messages) is a regression; a point
+    whose trials were only invalid (the load generator saturated) says nothing
+    about the server, and one not run at all (another suite or model list)
+    neither.
+    """
+    cell = Cell(*key, STATUS, NA, n_base=n_base)
+    if failed:
+        cell.verdict = REGRESSION
+        cell.note = (f"{len(failed)} of {len(trials)} trial(s) failed in NEW: "
+                     f"{(failed[0]['reason'] or 'no reason')[:80]}")
+    else:
+        cell.note = "only invalid trials in NEW" if trials else "not measured in NEW"
+    return cell
+
+
 def compare_runs(base: dict, new: dict, reference: str | None = "epoll",
                  threshold: float = 1.25, alpha: float = 0.01) -> Comparison:
     """Judge every (scenario point, model, metric) of BASE against NEW."""
     comparison = Comparison(base, new, reference, threshold, alpha, [])
     base_ok, new_ok = group_points(base), group_points(new)
-    new_any = group_points(new, TRIAL_STATUSES)
+    new_failed, new_any = group_points(new, ("failed",)), group_points(new, TRIAL_STATUSES)
     for key in sorted(set(base_ok) | set(new_ok), key=_order(base)):
         scenario, model, protocol, x = key
         if key not in new_ok:
-            broke = key in new_any
-            comparison.cells.append(Cell(
-                scenario, model, protocol, x, STATUS, REGRESSION if broke else NA,
-                n_base=len(base_ok[key]),
-                note="no ok trial in NEW" if broke else "not measured in NEW"))
+            comparison.cells.append(_lost_point(key, len(base_ok[key]), new_failed.get(key),
+                                                new_any.get(key)))
             continue
         if key not in base_ok:
             comparison.cells.append(Cell(scenario, model, protocol, x, STATUS, NA,

@@ -141,6 +141,16 @@ def test_a_point_whose_trials_all_failed_in_new_is_a_regression(tmp_path, base, 
     assert _verdicts(report, "regression") == [("echo_clients", "poll", 10, "status")]
 
 
+def test_a_point_with_only_invalid_trials_in_new_is_not_a_regression(tmp_path, base, rerun):
+    for t in rerun["trials"]:
+        if t["model"] == "poll" and t["scenario"] == "echo_clients":
+            t["status"], t["reason"] = "invalid", "load generator fell behind its send schedule"
+    status, report = _compare(tmp_path, base, rerun)
+    assert status == 0
+    cell = next(c for c in report["cells"] if c["model"] == "poll" and c["metric"] == "status")
+    assert cell["verdict"] == "n/a" and cell["note"] == "only invalid trials in NEW"
+
+
 def test_min_p_value_matches_the_exact_mann_whitney_floor():
     assert judge.min_p_value(5, 5) == pytest.approx(1 / 252)
     assert judge.min_p_value(5, 5) < 0.01 <= judge.min_p_value(3, 3)
