@@ -148,7 +148,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). A change past the threshold with\n"
         "too few repeats is shown as '~ (too few repeats)' and does not fail.\n"
         "Exit status: 0 no regression (improvements are fine), 1 a significant regression\n"
-        "or a point whose trials all failed in NEW, 2 unusable input (missing or malformed\n"
+        "or a point with no ok trial and a failed one in NEW (only invalid trials -- the\n"
+        "load generator saturated -- do not count), 2 unusable input (missing or malformed\n"
         "file, other schema version, nothing in common).")
     parser.add_argument("base", metavar="BASE", help="baseline run: directory, results.json "
                         "or run id under --root")

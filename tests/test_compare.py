@@ -132,19 +132,21 @@ def test_too_few_repeats_are_shown_not_silently_passed(tmp_path):
     assert "~ (too few repeats)" in text and "5 repeats per side" in text
 
 
+def _mark(results: dict, model: str, status: str, reason: str) -> None:
+    for t in results["trials"]:
+        if t["model"] == model and t["scenario"] == "echo_clients":
+            t["status"], t["reason"] = status, reason
+
+
 def test_a_point_whose_trials_all_failed_in_new_is_a_regression(tmp_path, base, rerun):
-    for t in rerun["trials"]:
-        if t["model"] == "poll" and t["scenario"] == "echo_clients":
-            t["status"], t["reason"] = "failed", "server exited with status 1"
+    _mark(rerun, "poll", "failed", "server exited with status 1")
     status, report = _compare(tmp_path, base, rerun)
     assert status == 1
     assert _verdicts(report, "regression") == [("echo_clients", "poll", 10, "status")]
 
 
 def test_a_point_with_only_invalid_trials_in_new_is_not_a_regression(tmp_path, base, rerun):
-    for t in rerun["trials"]:
-        if t["model"] == "poll" and t["scenario"] == "echo_clients":
-            t["status"], t["reason"] = "invalid", "load generator fell behind its send schedule"
+    _mark(rerun, "poll", "invalid", "load generator fell behind its send schedule")
     status, report = _compare(tmp_path, base, rerun)
     assert status == 0
     cell = next(c for c in report["cells"] if c["model"] == "poll" and c["metric"] == "status")
