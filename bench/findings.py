@@ -6,6 +6,7 @@ things (or nothing, when there is not enough to compare).
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from bench.measures import (
@@ -40,14 +41,26 @@ def ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def _names(models: list[str]) -> str:
+    return models[0] if len(models) == 1 else ", ".join(models[:-1]) + " and " + models[-1]
+
+
+def _tied(ranking: list[tuple[str, float]], value: float) -> list[str]:
+    return [model for model, v in ranking if v == value]
+
+
 def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
     ranking = ranked(run, scenario, x, m)
     if len(ranking) < 2:
         return []
-    (best, bv), (worst, wv) = ranking[0], ranking[-1]
+    bv, wv = ranking[0][1], ranking[-1][1]
+    if bv == wv:
+        return [f"At {_at(run, scenario, x)}, every model measured {fmt(bv, m.unit)} of "
+                f"{m.label}."]
+    best, worst = _tied(ranking, bv), _tied(ranking, wv)
     low, high = ("lowest", "highest") if m.lower_is_better else ("highest", "lowest")
-    text = (f"At {_at(run, scenario, x)}, {best} had the {low} {m.label} ({fmt(bv, m.unit)}) "
-            f"and {worst} the {high} ({fmt(wv, m.unit)})")
+    text = (f"At {_at(run, scenario, x)}, {_names(best)} had the {low} {m.label} "
+            f"({fmt(bv, m.unit)}) and {_names(worst)} the {high} ({fmt(wv, m.unit)})")
     factor = ratio(wv, bv) if m.lower_is_better else ratio(bv, wv)
     if factor is not None:
         text += f": {fmt_ratio(factor)} {'more' if m.lower_is_better else 'less'}"
@@ -55,28 +68,42 @@ def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
     ref = run.median(scenario, REFERENCE, x, m)
     if ref:
         gap = ratio(bv, ref) if m.lower_is_better else ratio(ref, bv)
-        sentences.append(f"The C reference measured {fmt(ref, m.unit)} there, so the best "
-                         f"Python model is {fmt_ratio(gap)} off the limit.")
+        if gap is not None and gap >= 1:
+            sentences.append(f"The C reference measured {fmt(ref, m.unit)} there, so the best "
+                             f"Python model is {fmt_ratio(gap)} off the limit.")
+        elif gap:
+            sentences.append(f"The C reference measured {fmt(ref, m.unit)} there: the best "
+                             f"Python model did {fmt_ratio(1 / gap)} better than the limit "
+                             "in this run.")
     return sentences
 
 
 def _lead(run: Run, scenario: str, m: Metric) -> list[str]:
-    """Either where the lead changes hands, or how the leader scales."""
-    leaders = []
+    """Either where the lead changes hands, or how the leader scales (ties share the lead)."""
+    leaders, measured = [], {}
     for x in run.xs(scenario):
         ranking = ranked(run, scenario, x, m)
         if len(ranking) >= 2:
-            leaders.append((x, ranking[0][0]))
+            leaders.append((x, _tied(ranking, ranking[0][1])))
+            measured[x] = {model for model, _ in ranking}
     if len(leaders) < 2:
         return []
-    changes = [(leaders[i - 1], leaders[i]) for i in range(1, len(leaders))
-               if leaders[i][1] != leaders[i - 1][1]]
+    # The lead changes hands only when an earlier leader is measured at the next point and
+    # no longer leads there; a leader that was not measured there proves nothing.
+    changes = []
+    for (xa, a), (xb, b) in pairwise(leaders):
+        still_there = [model for model in a if model in measured[xb]]
+        if still_there and not set(still_there) & set(b):
+            changes.append(((xa, still_there), (xb, b)))
     if changes:
-        parts = [f"{a} leads at {fmt_x(xa)} but {b} at {fmt_x(xb)}"
-                 for (xa, a), (xb, b) in changes]
+        parts = [f"{_names(a)} {'lead' if len(a) > 1 else 'leads'} at {fmt_x(xa)} but "
+                 f"{_names(b)} at {fmt_x(xb)}" for (xa, a), (xb, b) in changes]
         return [f"The lead in {m.label} changes with {run.x_label(scenario)}: "
                 + "; ".join(parts) + "."]
-    leader = leaders[0][1]
+    common = [model for model in leaders[0][1] if all(model in ms for _, ms in leaders)]
+    if not common:
+        return []
+    leader = common[0]
     (x0, _), (x1, _) = leaders[0], leaders[-1]
     v0, v1 = (run.median(scenario, leader, x, m) for x in (x0, x1))
     growth = ratio(v1, v0)

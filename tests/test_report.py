@@ -268,3 +268,21 @@ def test_ipc_and_lock_tables_match_the_fixture(rendered):
                      for m in ("thread", "epoll"))
     assert close(parse_value(chat[columns.index("thread CPU/msg")]), thread)
     assert close(parse_value(chat[columns.index("epoll CPU/msg")]), epoll)
+
+
+def test_tied_leaders_are_all_named_and_a_lead_change_needs_a_common_point():
+    results = fixture()
+    for trial in results["trials"]:
+        if trial["scenario"] == "idle" and trial["model"] in ("epoll", "sigio"):
+            trial["server"]["cpu_util"] = 0.0
+    text = " ".join(sentences_of(results, "idle"))
+    assert "epoll and sigio had the lowest server CPU (0 %)" in text
+    assert "changes with" not in text  # the same pair leads at every point
+
+    # polling leads sparse at 0 idle fds and epoll at 1,000: a change, as polling was
+    # measured at both.  Without polling's larger points nothing shows it lost the lead.
+    results = fixture()
+    assert "polling leads at 0 but epoll at 1,000" in " ".join(sentences_of(results, "sparse"))
+    results["trials"] = [t for t in results["trials"] if not (
+        t["scenario"] == "sparse" and t["model"] == "polling" and t["point"]["idle"] > 0)]
+    assert "changes with" not in " ".join(sentences_of(results, "sparse"))
