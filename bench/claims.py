@@ -111,7 +111,21 @@ def mechanism_table(run: Run) -> Table:
             table.sentences.append(
                 f"With {fmt_x(idle_x)} idle clients {hi_m} used {fmt(hi, 'core')} of a core "
                 f"while {zero} used none that the sampler could measure.")
+    grown = [(found[0], model, found) for model in names
+             if (found := growth(run, "sparse", model, CPU_PER_MSG)) is not None]
+    if len(grown) >= 2:
+        parts = [f"{model}'s {fmt_ratio(factor)} ({fmt_x(a.x)} -> {fmt_x(b.x)})"
+                 for factor, model, (_, a, b) in sorted(grown, reverse=True)]
+        table.sentences.append(
+            f"As idle fds piled up beside {_active(run)} active ones, CPU per message grew "
+            + ", ".join(parts) + ".")
     return table
+
+
+def _active(run: Run) -> str:
+    actives = {t["point"].get("active") for t in run.results["trials"]
+               if t["scenario"] == "sparse"}
+    return fmt_x(actives.pop()) if len(actives) == 1 and None not in actives else "the"
 
 
 def chat_table(run: Run) -> Table:
@@ -151,6 +165,16 @@ def chat_table(run: Run) -> Table:
                 f"of a core against {fmt(cpu[0], 'core')} for {ev} "
                 f"({fmt_ratio(cpu[1] / cpu[0])}), and its p99 delay was "
                 f"{fmt_ratio(p99[1] / p99[0])} {ev}'s.")
+    slept = [p for p in run.points("polling_interval", "polling")
+             if p.median(P50) is not None and p.median(CPU) is not None]
+    if len(slept) >= 2:
+        a, b = slept[0], slept[-1]
+        label = run.x_label("polling_interval")
+        table.sentences.append(
+            f"Sleeping between sweeps trades one for the other: at {label} = {fmt_x(b.x)} "
+            f"polling used {fmt(b.median(CPU), 'core')} of a core with a p50 delay of "
+            f"{fmt(b.median(P50), 'us')}, against {fmt(a.median(CPU), 'core')} and "
+            f"{fmt(a.median(P50), 'us')} at {fmt_x(a.x)}.")
     return table
 
 
@@ -163,12 +187,20 @@ def _interval_delay(run: Run) -> Cell:
             f"{fmt_x(p.x)}" for p in points]
 
 
-def _growth(run: Run, scenario: str, model: str | None, m: Metric) -> str:
+def growth(run: Run, scenario: str, model: str | None, m: Metric) -> tuple | None:
+    """(last / first median, first point, last point) over a model's measured points."""
     points = [p for p in run.points(scenario, model or "") if p.median(m) is not None]
-    if len(points) < 2:
+    if len(points) < 2 or not points[0].median(m):
+        return None
+    return points[-1].median(m) / points[0].median(m), points[0], points[-1]
+
+
+def _growth(run: Run, scenario: str, model: str | None, m: Metric) -> str:
+    found = growth(run, scenario, model, m)
+    if found is None:
         return "not measured"
-    a, b = points[0], points[-1]
-    return (f"{fmt_ratio(b.median(m) / a.median(m))} ({fmt(a.median(m), m.unit)} -> "
+    factor, a, b = found
+    return (f"{fmt_ratio(factor)} ({fmt(a.median(m), m.unit)} -> "
             f"{fmt(b.median(m), m.unit)}, {fmt_x(a.x)} -> {fmt_x(b.x)})")
 
 
