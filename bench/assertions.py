@@ -116,21 +116,20 @@ def memory_table(run: Run) -> Table:
         table.add(model, *(value_at(run, "idle", model, PSS, x) for x in ends),
                   fmt(slopes[model], "bytes") if slopes[model] is not None else "n/a",
                   value_at(run, "idle", model, PSS_PER_CONN, None))
-    # The fitted slope where there are two points or more, else the run's own per-connection
-    # figure at the largest point.
-    known = {}
-    for model in models:
-        last_point = run.last_ok("idle", model, PSS_PER_CONN)
-        value = slopes[model] if slopes[model] is not None else (last_point or (None, None))[1]
-        if value and value > 0:
-            known[model] = value
+    # One source for every figure of the sentence: the fitted slopes when fork has one,
+    # else the run's own per-connection figures at each model's largest point.
+    fitted = {m: v for m, v in slopes.items() if v is not None and v > 0}
+    at_last = {m: found[1] for m in models
+               if (found := run.last_ok("idle", m, PSS_PER_CONN)) and found[1] > 0}
+    known, source = ((fitted, "slope fitted over the idle points") if "fork" in fitted
+                     else (at_last, "at each model's largest point"))
     if "fork" in known and len(known) >= 2:
-        others = sorted((s, m) for m, s in known.items() if m != "fork")
-        parts = [f"{fmt_ratio(known['fork'] / s)} {m}'s {fmt(s, 'bytes')}"
-                 for s, m in (others[0], others[-1])]
+        others = sorted((v, m) for m, v in known.items() if m != "fork")
+        parts = [f"{fmt_ratio(known['fork'] / v)} {m}'s {fmt(v, 'bytes')}"
+                 for v, m in (others[0], others[-1])]
         table.sentences.append(
-            f"Each connection adds {fmt(known['fork'], 'bytes')} of PSS to the fork server: "
-            + " and ".join(dict.fromkeys(parts)) + ".")
+            f"Each connection adds {fmt(known['fork'], 'bytes')} of PSS to the fork server "
+            f"({source}): " + " and ".join(dict.fromkeys(parts)) + ".")
     big = run.last_ok("idle", "fork", PSS)
     if big:
         cpu = run.median("idle", "fork", big[0], CPU)

@@ -139,6 +139,8 @@ def test_memory_table_pss_per_connection_is_the_fitted_slope(rendered):
     ys = [expected_median(results, "idle", "fork", x, "server.pss_peak_bytes") for x in xs]
     slope = np.polyfit(xs, ys, 1)[0]
     assert close(parse_value(fork[columns.index("PSS per connection (fit)")]), slope)
+    assert (f"Each connection adds {fmt(slope, 'bytes')} of PSS to the fork server (slope "
+            "fitted") in rendered["markdown"]
 
 
 def sentences_of(results: dict, scenario: str) -> list[str]:
