@@ -120,32 +120,27 @@ class Chat:
 PROTOCOLS = {"echo": Echo, "chat": Chat}
 
 
-class Outbox:
+class Outbox(bytearray):
     """Bytes queued for one client that the kernel has not taken yet, bounded.
 
     Like Redis's client output buffer limit: a reader that never reads can
-    neither stall the others nor grow the server without bound.
+    neither stall the others nor grow the server without bound.  It is a
+    bytearray so that the hot path's "anything queued?" stays a C-level check.
     """
 
-    __slots__ = ("_buf", "limit")
+    __slots__ = ("limit",)
 
     def __init__(self, limit: int) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self.limit = limit
 
-    def __len__(self) -> int:
-        return len(self._buf)
-
     def push(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self.limit:
+        self.extend(data)
+        if len(self) > self.limit:
             raise OutputLimitExceeded(
-                f"output backlog {len(self._buf)} bytes passed the {self.limit}-byte limit"
+                f"output backlog {len(self)} bytes passed the {self.limit}-byte limit"
             )
-
-    def pending(self) -> bytearray:
-        return self._buf
 
     def consume(self, n: int) -> None:
         # Deleting from the front of a bytearray only moves its start offset.
-        del self._buf[:n]
+        del self[:n]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
 
 from servers.net import RECV_SIZE, Acceptor, format_address, set_nonblocking, tune
 from servers.protocol import Limits, Outbox, ProtocolError
@@ -48,6 +47,7 @@ class Reactor:
         self.listen_fd = listener.fileno()
         self.protocol = protocol
         self.limits: Limits = protocol.limits
+        self.pause_reading = protocol.pause_reading_while_backlogged
         self.conns: dict[int, Connection] = {}
         self.acceptor = Acceptor(listener)
 
@@ -125,9 +125,14 @@ class Reactor:
         self.watch(conn)
 
     def on_readable(self, conn: Connection) -> None:
-        if not self.reading(conn):
+        # This is the per-message path: attribute lookups are hoisted and
+        # delivery is inlined, because each Python call here costs a few
+        # percent of a 64-byte echo.
+        if conn.eof or (self.pause_reading and conn.outbox):
             return  # paused (edge-triggered reports come regardless); resumed by on_writable
         recv = conn.sock.recv
+        receive = self.protocol.receive
+        conns = self.conns
         while True:
             try:
                 data = recv(RECV_SIZE)
@@ -137,29 +142,30 @@ class Reactor:
                 self.close(conn, exc.strerror)
                 return
             if not data:
-                conn.eof = True
-                self.protocol.leave(conn.fd)
-                if not conn.outbox:
-                    self.close(conn)
-                else:
-                    self.refresh(conn)
+                self.on_eof(conn)
                 return
             try:
-                delivery = self.protocol.receive(conn.fd, data)
+                delivery = receive(conn.fd, data)
             except ProtocolError as exc:
                 self.close(conn, str(exc))
                 return
             if delivery is not None:
-                self.deliver(*delivery)
-            if not self.drain or self.conns.get(conn.fd) is not conn or not self.reading(conn):
+                keys, out = delivery
+                for fd in keys:
+                    target = conns.get(fd)
+                    if target is not None:
+                        self.send(target, out)
+            if not self.drain or conns.get(conn.fd) is not conn or not self.reading(conn):
                 return
 
-    def deliver(self, keys: Iterable[int], data: bytes) -> None:
-        conns = self.conns
-        for fd in keys:
-            conn = conns.get(fd)
-            if conn is not None:
-                self.send(conn, data)
+    def on_eof(self, conn: Connection) -> None:
+        """The client half-closed: flush what is queued for it, then close."""
+        conn.eof = True
+        self.protocol.leave(conn.fd)
+        if conn.outbox:
+            self.refresh(conn)
+        else:
+            self.close(conn)
 
     def send(self, conn: Connection, data: bytes) -> None:
         outbox = conn.outbox
@@ -186,7 +192,7 @@ class Reactor:
         was_paused = not self.reading(conn)
         while outbox:
             try:
-                sent = conn.sock.send(outbox.pending())
+                sent = conn.sock.send(outbox)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -205,7 +211,7 @@ class Reactor:
             self.on_readable(conn)
 
     def reading(self, conn: Connection) -> bool:
-        return not conn.eof and not (self.protocol.pause_reading_while_backlogged and conn.outbox)
+        return not conn.eof and not (self.pause_reading and conn.outbox)
 
     def refresh(self, conn: Connection) -> None:
         interest = (self.reading(conn), bool(conn.outbox))
