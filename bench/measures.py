@@ -164,9 +164,6 @@ class Run:
         point = self.point(scenario, model, x)
         return point.median(m) if point else None
 
-    def measured(self, scenario: str) -> bool:
-        return any(p.ok for model in self.models(scenario) for p in self.points(scenario, model))
-
     def x_label(self, scenario: str) -> str:
         meta = self.scenarios.get(scenario, {})
         return meta.get("x_label") or meta.get("x") or "x"
@@ -230,7 +227,9 @@ DEFAULT_METRICS = (CPU, P99)
 
 
 def scenario_order(run: Run) -> list[str]:
-    extra = sorted(s for s in run.scenarios if s not in SCENARIO_METRICS)
+    # Scenarios this module does not know, or that have trials but no metadata, still show.
+    named = set(run.scenarios) | {t["scenario"] for t in run.results["trials"]}
+    extra = sorted(s for s in named if s not in SCENARIO_METRICS)
     return list(SCENARIO_METRICS) + extra
 
 
