@@ -117,6 +117,23 @@ def check_shapes(results: dict) -> None:
         raise ResultsError("'environment' must be an object")
 
 
+def _write(run: Run, seed: list[Table], per_scenario: list[tuple[str, Table]], run_dir: Path,
+           copy_to: Path) -> tuple[Path, dict[str, Path]]:
+    """REPORT.md and the PNGs in the run directory, the PNGs copied to `copy_to` too."""
+    from bench.plots import render_plots
+
+    copy = copy_to.resolve() != (run_dir / PLOT_SUBDIR).resolve()
+    if copy:
+        copy_to.mkdir(parents=True, exist_ok=True)  # fail before the slow part, not after
+    plots = render_plots(run, run_dir / PLOT_SUBDIR)
+    report = run_dir / REPORT_FILE
+    report.write_text(render_markdown(run, seed, per_scenario, plots), encoding="utf-8")
+    if copy:
+        for path in plots.values():
+            shutil.copy2(path, copy_to / path.name)
+    return report, plots
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         run_dir, results = _load(args.run, args.root)
@@ -125,17 +142,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"muxbench report: {exc}", file=sys.stderr)
         return 2
     run_ = Run(results)
-    from bench.plots import render_plots
-
-    plots = render_plots(run_, run_dir / PLOT_SUBDIR)
     seed, per_scenario = build_tables(run_)
-    report = run_dir / REPORT_FILE
-    report.write_text(render_markdown(run_, seed, per_scenario, plots), encoding="utf-8")
     copy_to = Path(args.plots)
-    if copy_to.resolve() != (run_dir / PLOT_SUBDIR).resolve():
-        copy_to.mkdir(parents=True, exist_ok=True)
-        for path in plots.values():
-            shutil.copy2(path, copy_to / path.name)
+    try:
+        report, plots = _write(run_, seed, per_scenario, run_dir, copy_to)
+    except OSError as exc:
+        print(f"muxbench report: cannot write {exc.filename or 'the report'}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         print_rich([environment_table(run_), *seed, *(t for _, t in per_scenario)])
     print(f"muxbench report: wrote {report} and {len(plots)} plots "

@@ -240,6 +240,15 @@ def test_unusable_results_exit_2_with_one_line(tmp_path, content):
     assert not (tmp_path / "REPORT.md").exists()
 
 
+def test_unwritable_plots_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "results.json").write_text(FIXTURE.read_text())
+    (tmp_path / "taken").write_text("a file, not a directory")
+    proc = run_cli(str(tmp_path), "--plots", str(tmp_path / "taken" / "plots"), "-q")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("muxbench report: cannot write ")
+    assert "Traceback" not in proc.stderr
+
+
 def test_no_latest_run_is_a_clear_error(tmp_path):
     proc = run_cli("--root", str(tmp_path / "results"))
     assert proc.returncode == 2
