@@ -82,8 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="measurement window in seconds (default 5)")
     add("--warmup", metavar="S", type=_number(float, 0, 600), default=1.0,
         help="seconds of load before the window opens (default 1)")
-    add("--drain", metavar="S", type=_number(float, 0, 60), default=1.0,
-        help="seconds to wait for outstanding replies after the window (default 1)")
+    add("--drain", metavar="S", type=_number(float, 0, 60), default=3.0,
+        help="at most this long after the window, wait for replies still outstanding "
+             "(default 3; ends as soon as none is)")
     add("--procs", metavar="K", type=_number(int, 1, 256), default=None,
         help="worker processes (default: one per CPU the generator may use)")
     add("--active", metavar="K", type=_number(int, 1), default=1,

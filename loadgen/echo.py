@@ -260,6 +260,10 @@ class EchoWorker(Worker):
         for c in self.all:
             tally.lost += count_unanswered(c.inflight, c.missing, window)
             if c.alive:
+                # Lost as far as this run can tell, but perhaps only slow: say so.
+                late = count_unanswered(c.inflight, {}, window)
+                if late:
+                    self.errors["no reply by drain end"] += late
                 c.sock.close()
 
     def extra(self) -> dict:

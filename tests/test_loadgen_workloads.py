@@ -276,6 +276,7 @@ def test_stops_by_itself_against_a_server_that_never_answers() -> None:
     out = run.out
     assert run.status == 1
     assert out["sent"] == out["lost"] == 3 and out["received"] == 0
+    assert out["errors_by_kind"] == {"no reply by drain end": 3}
     assert elapsed < 15
 
 
