@@ -114,10 +114,11 @@ def mechanism_table(run: Run) -> Table:
     grown = [(found[0], model, found) for model in names
              if (found := growth(run, "sparse", model, CPU_PER_MSG)) is not None]
     if len(grown) >= 2:
-        parts = [f"{model}'s {fmt_ratio(factor)} ({fmt_x(a.x)} -> {fmt_x(b.x)})"
+        parts = [f"{fmt_ratio(factor)} for {model} ({fmt_x(a.x)} -> {fmt_x(b.x)})"
                  for factor, model, (_, a, b) in sorted(grown, reverse=True)]
         table.sentences.append(
-            f"As idle fds piled up beside {_active(run)} active ones, CPU per message grew "
+            f"As idle fds piled up beside {_active(run)} active ones, CPU per message changed "
+            "by "
             + ", ".join(parts) + ".")
     return table
 

@@ -78,6 +78,13 @@ def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
     return sentences
 
 
+def _beats(run: Run, scenario: str, x: Any, m: Metric, new: str, old: str) -> bool:
+    stats = [run.point(scenario, model, x).stat(m) for model in (new, old)]
+    if m.lower_is_better:
+        return stats[0]["max"] < stats[1]["min"]
+    return stats[0]["min"] > stats[1]["max"]
+
+
 def _lead(run: Run, scenario: str, m: Metric) -> list[str]:
     """Either where the lead changes hands, or how the leader scales (ties share the lead)."""
     leaders, measured = [], {}
@@ -89,11 +96,12 @@ def _lead(run: Run, scenario: str, m: Metric) -> list[str]:
     if len(leaders) < 2:
         return []
     # The lead changes hands only when an earlier leader is measured at the next point and
-    # no longer leads there; a leader that was not measured there proves nothing.
+    # is beaten there beyond the spread of the repeats (the min-max ranges do not overlap);
+    # a leader that was not measured there, or lost within the noise, proves nothing.
     changes = []
     for (xa, a), (xb, b) in pairwise(leaders):
         still_there = [model for model in a if model in measured[xb]]
-        if still_there and not set(still_there) & set(b):
+        if still_there and all(_beats(run, scenario, xb, m, b[0], old) for old in still_there):
             changes.append(((xa, still_there), (xb, b)))
     if changes:
         parts = [f"{_names(a)} {'lead' if len(a) > 1 else 'leads'} at {fmt_x(xa)} but "
