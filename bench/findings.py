@@ -37,7 +37,7 @@ def ranked(run: Run, scenario: str, x: Any, m: Metric) -> list[tuple[str, float]
 
 
 def ratio(a: float, b: float) -> float | None:
-    """How many times a is b (None when b is zero)."""
+    """a / b, or None when b is zero."""
     return a / b if b else None
 
 
