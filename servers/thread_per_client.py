@@ -63,7 +63,8 @@ class ThreadServer:
         self.protocol = protocol
         self.limits = protocol.limits
         # A protocol that pauses a backlogged reader answers only the sender
-        # (echo): its reading thread can send the answer itself.
+        # and keeps no state shared between clients (echo): its reading
+        # thread can send the answer itself, without the lock.
         self.direct = protocol.pause_reading_while_backlogged
         self.lock = threading.Lock()  # guards the room, every Outbox and `clients`
         self.clients: set[Client] = set()
@@ -152,6 +153,14 @@ class ThreadServer:
                 return exc.strerror
             if not data:
                 return None
+            if self.direct:
+                # Echo shares nothing between clients, so its threads take
+                # no lock: synchronisation is the price of the shared room,
+                # and only chat pays it.
+                delivery = self.protocol.receive(client, data)
+                if delivery is not None:
+                    sendall(delivery[1])  # blocks while the client does not read
+                continue
             with self.lock:
                 if client.dropped:  # by another thread, while we were in recv()
                     return None
@@ -159,10 +168,8 @@ class ThreadServer:
                     delivery = self.protocol.receive(client, data)
                 except ProtocolError as exc:
                     return str(exc)
-                if delivery is not None and not self.direct:
+                if delivery is not None:
                     self.queue(*delivery)
-            if delivery is not None and self.direct:
-                sendall(delivery[1])  # blocks while the client does not read
 
     def queue(self, keys: tuple, data: bytes) -> None:
         """Fan a chat delivery out to the members (lock held); never blocks.
@@ -205,7 +212,7 @@ class ThreadServer:
                 # Send a bounded chunk outside the lock and count it as queued
                 # until the kernel took it, so the Outbox measures what this
                 # client has not accepted yet, as in the single-threaded models.
-                chunk = bytes(outbox.pending()[:RECV_SIZE])
+                chunk = bytes(outbox[:RECV_SIZE])
             try:
                 client.sock.sendall(chunk)
             except OSError as exc:
