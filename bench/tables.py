@@ -48,20 +48,23 @@ def print_rich(tables: list[Table]) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     console = Console()
     for table in tables:
-        rich_table = RichTable(title=table.title, caption=table.caption or None,
+        rich_table = RichTable(title=Text(table.title), caption=Text(table.caption) or None,
                                box=box.SIMPLE_HEAD, title_justify="left")
         for column in table.columns:
-            rich_table.add_column(column, overflow="fold")
+            rich_table.add_column(Text(column), overflow="fold")
         for row in table.rows:
-            rich_table.add_row(*("\n".join(cell) for cell in row))
+            # Text, not str: a reason such as "[Errno 24]" must not be read as markup.
+            rich_table.add_row(*(Text("\n".join(cell)) for cell in row))
         console.print(rich_table)
         for note in table.notes:
-            console.print(f"  [yellow]![/yellow] {note}", markup=True, highlight=False)
+            console.print(Text.assemble("  ", ("!", "yellow"), f" {note}"), soft_wrap=True)
         if table.sentences:
-            console.print("  " + " ".join(table.sentences), highlight=False)
+            # Prose is left for the terminal to wrap, so it can be copied whole.
+            console.print(Text("  " + " ".join(table.sentences)), soft_wrap=True)
         console.print()
 
 

@@ -196,6 +196,8 @@ def test_missing_scenarios_models_and_values_still_render(tmp_path, capsys):
             trial["status"], trial["reason"] = "invalid", "load generator fell behind"
         if trial["scenario"] == "idle" and trial["model"] != "polling":
             trial["server"]["cpu_util"] = 0.0  # below what a short window can resolve
+        if trial["status"] == "failed":  # brackets that rich must not take for markup
+            trial["reason"] = "server exited: OSError: [Errno 24] Too many open files"
     path = tmp_path / "partial.json"
     path.write_text(json.dumps(results))
     assert main(["report", str(path), "--plots", str(tmp_path / "plots")]) == 0
@@ -211,6 +213,7 @@ def test_missing_scenarios_models_and_values_still_render(tmp_path, capsys):
     terminal = capsys.readouterr().out
     assert "Polling / selecting / interrupt" in terminal
     assert "Event-driven vs polling chat" in terminal
+    assert "[Errno 24] Too many open files" in terminal
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
