@@ -37,6 +37,7 @@ from bench.scenarios import (
     connections,
     load_args,
     plan,
+    scenario_models,
 )
 from servers.models import MODELS
 
@@ -84,7 +85,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _models(wanted: list[str]) -> tuple[list[str], dict[str, str], list[str] | None]:
+def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str], list[str] | None]:
     """(models to run, {model: why it is skipped}, the C server's argv)."""
     skipped: dict[str, str] = {}
     models = []
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
               f"(models: {', '.join([*MODELS, REFERENCE])}; scenarios: "
               f"{', '.join(SCENARIOS)})", file=sys.stderr)
         return 2
-    models, skipped, reference_cmd = _models(wanted_models)
+    models, skipped, reference_cmd = available_models(wanted_models)
     scenarios = [SCENARIOS[s] for s in (wanted_scenarios or SCENARIOS)]
     repeats = args.repeats or SUITE_SETTINGS[args.suite].repeats
     planned = plan(args.suite, scenarios, models, repeats)
@@ -155,10 +156,12 @@ def run(args: argparse.Namespace) -> int:
             print(describe(spec.scenario, spec.model, spec.point, spec.repeat))
         print(f"{len(specs)} trials")
         return 0
-    return _execute(args, specs, scenarios, skipped)
+    meta = {s.name: {**s.metadata(), "models": scenario_models(s, args.suite, models)}
+            for s in scenarios}
+    return _execute(args, specs, meta, skipped)
 
 
-def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -> int:
+def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, str]) -> int:
     where = placement()
     out = Path(args.out)
     try:
@@ -172,7 +175,7 @@ def _execute(args, specs: list[TrialSpec], scenarios, skipped: dict[str, str]) -
     env["cpu_accounting"] = _cpu_accounting(args.no_cgroup)
     results = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": args.suite,
                "status": "running", "started_at": utc_now(), "finished_at": None,
-               "environment": env, "scenarios": {s.name: s.metadata() for s in scenarios},
+               "environment": env, "scenarios": scenarios,
                "trials": []}
     path = run_dir / "results.json"
     write_results_atomic(path, results)

@@ -23,7 +23,7 @@ from bench.environment import placement
 from bench.launch import Launched, TrialSpec
 from bench.procs import group_members
 from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
-from bench.suite import _models
+from bench.suite import available_models
 from bench.trial import run_trial
 from bench.verdict import classify
 from tests.support import MUXBENCH, ROOT, process_tree, wait_for
@@ -248,13 +248,14 @@ def _state(pid: int) -> str:
 def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
     data = R.load_results(quick_run)
     assert data["status"] == "complete"
-    available, _, _ = _models([])
+    available, _, _ = available_models([])
     assert set(data["scenarios"]) == set(SCENARIOS)
     planned = plan("quick", list(SCENARIOS.values()), available, 1)
     assert len(data["trials"]) == len(planned)
     for name, scenario in SCENARIOS.items():
         ran = {t["model"] for t in data["trials"] if t["scenario"] == name}
         assert ran == set(scenario_models(scenario, "quick", available)), name
+        assert data["scenarios"][name]["models"] == scenario_models(scenario, "quick", available)
     for trial in data["trials"]:
         if trial["status"] != "ok":
             assert trial["reason"], trial
