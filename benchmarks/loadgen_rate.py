@@ -16,34 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from loadgen.native import echo_client_command  # noqa: E402
-from servers.reference import reference_server_command  # noqa: E402
+# benchmarks/ is sys.path[0] when a benchmark runs as a script.
+from common import (
+    ROOT,
+    pinned,
+    placement_and_tools,
+    run_c_client,
+    start_server,
+    stop,
+)
 
 TARGET = 0.8
-
-
-def pinned(cpu: int):
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=pinned(cpu))
-    line = proc.stdout.readline()
-    if "listening on " not in line:
-        raise RuntimeError(f"C server did not start: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
 
 
 def children_cpu() -> float:
@@ -54,13 +42,7 @@ def children_cpu() -> float:
 def run_c(cmd: list[str], port: int, args: argparse.Namespace, cpu: int) -> tuple[float, float]:
     """(round trips/s, CPU µs per round trip) of the C client."""
     before = children_cpu()
-    out = subprocess.run(
-        [*cmd, "--port", str(port), "--conns", str(args.conns), "--size", str(args.size),
-         "--duration", str(args.duration), "--warmup", "1"],
-        capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=args.duration + 30,
-        check=True)
-    fields = out.stdout.split()
-    rate = float(fields[fields.index("rate") + 1])
+    rate = run_c_client(cmd, port, args, cpu, warmup=1)["rate"]
     # Its whole life (it has no start-up worth counting) over the messages of warm-up + window.
     return rate, (children_cpu() - before) / (rate * (args.duration + 1)) * 1e6
 
@@ -86,16 +68,7 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        print("loadgen_rate: needs two CPUs (client on one, server on another)", file=sys.stderr)
-        return 2
-    client_cpu, server_cpu = cpus[0], cpus[1]
-    server_cmd, client_cmd = reference_server_command(), echo_client_command()
-    if server_cmd is None or client_cmd is None:
-        print("loadgen_rate: no C compiler (gcc/cc) found; cannot build the C yardsticks",
-              file=sys.stderr)
-        return 1
+    client_cpu, server_cpu, server_cmd, client_cmd = placement_and_tools("loadgen_rate")
     server, port = start_server(server_cmd, server_cpu)
     ratios, cpu_ratios = [], []
     try:
@@ -113,9 +86,7 @@ def main() -> int:
                   f"   muxbench load {py_rate:>9,.0f} msg/s ({py_cpu:5.1f} µs CPU/msg)"
                   f"   ratio {ratios[-1]:.3f}", flush=True)
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        server.stdout.close()
+        stop(server)
     median = statistics.median(ratios)
     verdict = "meets" if median >= TARGET else "BELOW"
     print(f"median ratio muxbench load / C client: {median:.3f} "

@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from loadgen.native import echo_client_command  # noqa: E402
-from servers.reference import reference_server_command  # noqa: E402
+# benchmarks/ is sys.path[0] when a benchmark runs as a script.
+from common import placement_and_tools, run_c_client, start_server, stop
 
 TARGET = 1.3
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,33 +34,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def pinned(cpu: int):
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def trial(server_cmd: list[str], client_cmd: list[str], args: argparse.Namespace,
           server_cpu: int, client_cpu: int) -> float:
     """One fresh server, one client run; returns server CPU µs per round trip."""
-    server = subprocess.Popen([*server_cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True, preexec_fn=pinned(server_cpu))
+    server, port = start_server(server_cmd, server_cpu)
     try:
-        line = server.stdout.readline()
-        if "listening on " not in line:
-            raise RuntimeError(f"server did not start: {line!r}")
-        port = line.rsplit(":", 1)[1].strip()
         before = cpu_seconds(server.pid)
-        out = subprocess.run(
-            [*client_cmd, "--port", port, "--conns", str(args.conns), "--size", str(args.size),
-             "--duration", str(args.duration), "--warmup", "0"],
-            capture_output=True, text=True, preexec_fn=pinned(client_cpu),
-            timeout=args.duration + 30, check=True)
+        summary = run_c_client(client_cmd, port, args, client_cpu, warmup=0)
         used = cpu_seconds(server.pid) - before
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        server.stdout.close()
-    fields = out.stdout.split()
-    roundtrips, errors = int(fields[fields.index("roundtrips") + 1]), int(fields[-1])
+        stop(server)
+    roundtrips, errors = int(summary["roundtrips"]), int(summary["errors"])
     if errors or not roundtrips:
         raise RuntimeError(f"client reported {errors} errors, {roundtrips} round trips")
     return used * 1e6 / roundtrips
@@ -80,16 +59,7 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        print("server_cpu: needs two CPUs (server on one, client on another)", file=sys.stderr)
-        return 2
-    server_cpu, client_cpu = cpus[0], cpus[1]
-    c_server, client = reference_server_command(), echo_client_command()
-    if c_server is None or client is None:
-        print("server_cpu: no C compiler (gcc/cc) found; cannot build the C reference",
-              file=sys.stderr)
-        return 1
+    server_cpu, client_cpu, c_server, client = placement_and_tools("server_cpu")
     print(f"{args.conns} connections x {args.size} B, server on CPU {server_cpu}, "
           f"C client on CPU {client_cpu}, {args.duration:g} s per run")
     worst = 0.0

@@ -1,0 +1,65 @@
+"""What the speed benchmarks share: CPU placement, the C yardsticks, process hygiene.
+
+Each benchmark pins the side it measures to one CPU and the other side to
+another, runs fresh processes, and kills every process group it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadgen.native import echo_client_command  # noqa: E402
+from servers.reference import reference_server_command  # noqa: E402
+
+
+def pinned(cpu: int):
+    """preexec_fn that pins the child to one CPU."""
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def placement_and_tools(name: str) -> tuple[int, int, list[str], list[str]]:
+    """(first CPU, second CPU, C server argv, C client argv), or exit with a clear line."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit(f"{name}: needs two CPUs (server on one, client on another)")
+    server, client = reference_server_command(), echo_client_command()
+    if server is None or client is None:
+        print(f"{name}: no C compiler (gcc/cc) found; cannot build the C yardsticks",
+              file=sys.stderr)
+        sys.exit(1)
+    return cpus[0], cpus[1], server, client
+
+
+def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
+    """Start a server pinned to `cpu` in its own process group; (process, port)."""
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=pinned(cpu))
+    line = proc.stdout.readline()
+    if "listening on " not in line:
+        stop(proc)
+        raise RuntimeError(f"server {cmd[0]} did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+def run_c_client(cmd: list[str], port: int, args, cpu: int, warmup: float) -> dict[str, float]:
+    """One run of the C echo client; its summary line as a dict (roundtrips, rate, ...)."""
+    out = subprocess.run(
+        [*cmd, "--port", str(port), "--conns", str(args.conns), "--size", str(args.size),
+         "--duration", str(args.duration), "--warmup", str(warmup)],
+        capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=args.duration + 30,
+        check=True)
+    fields = out.stdout.split()
+    return {key: float(value) for key, value in zip(fields[::2], fields[1::2], strict=True)}
