@@ -112,7 +112,6 @@ class ForkServer(EpollServer):
                     s.close()
             return
         sock.close()  # the parent's copy: the client is the child's now
-        self.children.add(pid)
         if hub_end is not None:
             child_end.close()
             self.adopt(hub_end, peer, pid)
@@ -121,12 +120,14 @@ class ForkServer(EpollServer):
         # Block signals across fork(): until the child has reset its handlers,
         # a SIGTERM would run the parent's handler in the child and unwind
         # the parent's clean-up there.  The parent gets any pending signal
-        # when the mask is restored.
+        # when the mask is restored -- by then the child is on record, so
+        # the shutdown that signal starts will end and reap it too.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             pid = os.fork()
             if pid == 0:
                 self.child(sock, hub, peer, mask)  # never returns
+            self.children.add(pid)
             return pid
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
