@@ -191,6 +191,10 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
             display.note(f"muxbench bench: {len(specs)} trials -> {path}  ({where.note})")
             for name, reason in skipped.items():
                 display.note(f"muxbench bench: skipping {name}: {reason}")
+            if env["loadavg_before"][0] > (env["cpus"] or 1):
+                display.note(f"muxbench bench: warning: load average "
+                             f"{env['loadavg_before'][0]:.1f} on {env['cpus']} CPUs; other work "
+                             "competes with the server and the load generator")
             for index in range(len(specs)):
                 results["trials"].append(runner.run(index, display))
                 write_results_atomic(path, results)
