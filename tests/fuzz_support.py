@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from tests.support import recv_exactly
+
 ENDINGS = ("stay", "half_close", "reset", "close")
 
 
@@ -57,6 +59,7 @@ class Peer:
     ending: str = "stay"
     gaps: list[float] | None = None
     stop_after: int | None = None
+    reads: bool = True  # False: never reads, however much the server sends
     received: bytearray = field(default_factory=bytearray)
     sent_chunks: int = 0
     eof: bool = False
@@ -85,7 +88,7 @@ class Peer:
 
     @property
     def reading(self) -> bool:
-        return not self.ended and not self.eof and self.error is None
+        return self.reads and not self.ended and not self.eof and self.error is None
 
     def _step_send(self, now: float) -> None:
         if self._pending is None:
@@ -186,6 +189,16 @@ def _interest(sel: selectors.BaseSelector, peer: Peer, events: int) -> None:
         sel.modify(peer.fd, events, peer)
 
 
+def join(server, n: int, timeout: float) -> list[socket.socket]:
+    """n chat members, all known to be in the room: accepts are FIFO, so once the
+    last one's line comes back every earlier client is a member too."""
+    socks = [server.connect(timeout=timeout) for _ in range(n)]
+    socks[-1].sendall(b"sync\n")
+    for sock in socks:
+        assert recv_exactly(sock, 5) == b"sync\n"
+    return socks
+
+
 def close_all(peers: list[Peer]) -> None:
     for peer in peers:
         peer.sock.close()
@@ -196,7 +209,9 @@ def close_all(peers: list[Peer]) -> None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    rss: int  # summed over the tree (bytes)
+    # PSS summed over the tree (bytes): forked children share most of their pages
+    # with the parent, and summed RSS would count those pages once per child.
+    pss: int
     fds: int
     threads: int
     procs: int
@@ -206,24 +221,24 @@ class Snapshot:
 
 
 def snapshot(pid: int) -> Snapshot:
-    """RSS, descriptors, threads and processes of pid and all its live descendants."""
+    """PSS, descriptors, threads and processes of pid and all its live descendants."""
     root = psutil.Process(pid)
     tree = [root]
     with contextlib.suppress(psutil.NoSuchProcess):
         tree += root.children(recursive=True)
-    rss = fds = threads = procs = 0
+    pss = fds = threads = procs = 0
     for proc in tree:
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             with proc.oneshot():
-                rss += proc.memory_info().rss
+                pss += proc.memory_full_info().pss
                 fds += proc.num_fds()
                 threads += proc.num_threads()
             procs += 1
         except psutil.NoSuchProcess:
             continue
-    return Snapshot(rss, fds, threads, procs)
+    return Snapshot(pss, fds, threads, procs)
 
 
 def warm_baseline(server, timeout: float = 15.0) -> Snapshot:
@@ -235,10 +250,7 @@ def warm_baseline(server, timeout: float = 15.0) -> Snapshot:
     """
     with server.connect(timeout=timeout) as sock:
         sock.sendall(b"warm\n")
-        got = b""
-        while len(got) < 5 and (chunk := sock.recv(5 - len(got))):
-            got += chunk
-        assert got == b"warm\n", got
+        assert recv_exactly(sock, 5) == b"warm\n"
     previous, deadline = None, time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = snapshot(server.proc.pid)

@@ -16,7 +16,6 @@ The fast cases run in `make test`; `make soak` (-m slow) runs many more.
 from __future__ import annotations
 
 import random
-import socket
 
 import pytest
 
@@ -27,6 +26,7 @@ from tests.fuzz_support import (
     Peer,
     close_all,
     drive,
+    join,
     pauses,
     settle,
     split,
@@ -149,23 +149,13 @@ def by_sender(received: bytes) -> dict[int, list[bytes]]:
     return out
 
 
-def join(server, n: int) -> list[socket.socket]:
-    """n members, all known to be in the room: accepts are FIFO, so once the last
-    one's line comes back every earlier client is a member too."""
-    socks = [server.connect(timeout=CASE_TIMEOUT) for _ in range(n)]
-    socks[-1].sendall(b"sync\n")
-    for sock in socks:
-        assert recv_exactly(sock, 5) == b"sync\n"
-    return socks
-
-
 def chat_case(server, rng: random.Random) -> int:
     """One case; returns how many senders the server must have dropped for a long line."""
     n = rng.randint(2, 5)
     endings = ["stay"] + [rng.choice(("stay", "half_close", "reset", "long"))
                           for _ in range(n - 1)]
     peers, models = [], {}
-    for key, (sock, ending) in enumerate(zip(join(server, n), endings, strict=True)):
+    for key, (sock, ending) in enumerate(zip(join(server, n, CASE_TIMEOUT), endings, strict=True)):
         chunks = split(chat_stream(rng, key, ending), rng, rng.randint(1, 30))
         stop = rng.randint(0, len(chunks)) if ending == "reset" else None
         peer = Peer(sock, chunks, "stay" if ending == "long" else ending,
@@ -227,16 +217,18 @@ def fuzz(model: str, protocol: str, seeds: range) -> None:
         for seed in seeds:
             too_long += case(server, random.Random(f"{model}/{protocol}/{seed}"))
             assert server.proc.poll() is None, f"seed {seed}: server died:\n{server.log()}"
+            # Every connection of the case closed on the server's side too (and no
+            # late line of a reset sender can reach the next case's members).
+            after = settle(server.proc.pid, baseline)
+            assert after.counts() == baseline.counts(), (
+                f"seed {seed}: (fds, threads, procs) {after.counts()} after the case, "
+                f"{baseline.counts()} before")
             # One log line per sender dropped for a long line, none for anyone else.
             assert wait_for(lambda n=too_long: server.log().count("line longer than") == n, 10), (
                 f"seed {seed}: {too_long} too-long senders in all; log:\n{server.log()}")
         with server.connect(timeout=CASE_TIMEOUT) as probe:  # still serving
             probe.sendall(b"probe\n")
             assert recv_exactly(probe, 6) == b"probe\n"
-        after = settle(server.proc.pid, baseline)
-        assert after.counts() == baseline.counts(), (
-            f"(fds, threads, procs) {after.counts()} after the cases, "
-            f"{baseline.counts()} before")
         assert unclear_log_lines(server.log(), model) == []
 
 
