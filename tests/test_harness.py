@@ -155,7 +155,10 @@ def test_a_real_trial_measures_and_cleans_up():
     assert trial["status"] == "ok", trial["reason"]
     assert trial["load"]["connected"] == 20
     server = trial["server"]
-    assert server["window"] == "loadgen" and 0.4 < server["wall_s"] < 2.0
+    assert server["window"] == "loadgen" and server["wall_s"] > 0
+    steps = ["ready", "load_start", "start", "end", "load_end", "stopped"]
+    times = [trial["timeline"][step] for step in steps]
+    assert times == sorted(times), trial["timeline"]
     assert server["fds_peak"] >= 20 and server["samples"] >= 2
     assert trial["cleanup"] == {"graceful": True, "exit_status": 0, "leftover_procs": 0,
                                 "killed": 0, "remaining_after_kill": 0, "leftover_fds": 0}
@@ -245,6 +248,7 @@ def _state(pid: int) -> str:
 # ---- the quick suite (shared run; the acceptance criteria of `make bench-quick`) --------
 
 
+@pytest.mark.timeout(900)  # the shared quick run is set up inside the first test using it
 def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
     data = R.load_results(quick_run)
     assert data["status"] == "complete"
