@@ -48,12 +48,12 @@ def value_at(run: Run, scenario: str, model: str, m: Metric, x: Any) -> str:
         if last is None:
             return " ".join(point_cell(points[-1], (m,))) if points else "not measured"
         return (" ".join(point_cell(run.point(scenario, model, last[0]), (m,)))
-                + f" at {fmt_x(last[0])} {run.x_label(scenario)}")
+                + f" at {run.at(scenario, last[0])}")
     return " ".join(point_cell(run.point(scenario, model, x), (m,)))
 
 
 def header(run: Run, scenario: str, text: str, x: Any) -> str:
-    return f"{text} at {run.x_label(scenario)} = {fmt_x(x)}" if x is not None else text
+    return f"{text} at {run.at(scenario, x)}" if x is not None else text
 
 
 def _limits(run: Run, model: str) -> Cell:
@@ -63,19 +63,20 @@ def _limits(run: Run, model: str) -> Cell:
         points = run.points(scenario, model)
         dead = [p for p in points if not p.ok and p.failed]
         if dead:
-            reason = (dead[0].failed[0].get("reason") or "no reason recorded")[:70]
-            cell.append(f"failed at {fmt_x(dead[0].x)} {run.x_label(scenario)}: {reason}")
+            # The first clause says what went wrong; the table's notes have the rest.
+            reason = (dead[0].failed[0].get("reason") or "no reason recorded").split(";")[0]
+            cell.append(f"failed at {run.at(scenario, dead[0].x)}: {reason}")
         # Only a ceiling is a limit; other notes (e.g. timing overlaps) are about the trial.
         capped = [(p, t) for p in points for t in p.noted if t["reason"].startswith("ceiling")]
         if capped:
             point, trial = capped[0]
-            cell.append(f"at {fmt_x(point.x)} {run.x_label(scenario)}: {trial['reason']}")
+            cell.append(f"at {run.at(scenario, point.x)}: {trial['reason']}")
     sparse = [p for p in run.points("sparse", model) if p.median(CPU_PER_MSG) is not None]
     if len(sparse) >= 2:
         a, b = sparse[0], sparse[-1]
         cell.append(f"CPU/msg {fmt(a.median(CPU_PER_MSG), 'us')} -> "
-                    f"{fmt(b.median(CPU_PER_MSG), 'us')} from {fmt_x(a.x)} to "
-                    f"{fmt_x(b.x)} {run.x_label('sparse')}")
+                    f"{fmt(b.median(CPU_PER_MSG), 'us')} from {run.at('sparse', a.x)} to "
+                    f"{fmt_x(b.x)}")
     return cell or ["no limit reached in this run"]
 
 
@@ -170,9 +171,9 @@ def chat_table(run: Run) -> Table:
              if p.median(P50) is not None and p.median(CPU) is not None]
     if len(slept) >= 2:
         a, b = slept[0], slept[-1]
-        label = run.x_label("polling_interval")
         table.sentences.append(
-            f"Sleeping between sweeps trades one for the other: at {label} = {fmt_x(b.x)} "
+            f"Sleeping between sweeps trades one for the other: at "
+            f"{run.at('polling_interval', b.x)} "
             f"polling used {fmt(b.median(CPU), 'core')} of a core with a p50 delay of "
             f"{fmt(b.median(P50), 'us')}, against {fmt(a.median(CPU), 'core')} and "
             f"{fmt(a.median(P50), 'us')} at {fmt_x(a.x)}.")
@@ -184,8 +185,8 @@ def _interval_delay(run: Run) -> Cell:
     points = [p for p in every if p.median(P50) is not None]
     if not points:
         return ["no ok repeat" if every else "not measured"]
-    return [f"p50 {fmt(p.median(P50), 'us')} at {run.x_label('polling_interval')} = "
-            f"{fmt_x(p.x)}" for p in points]
+    return [f"p50 {fmt(p.median(P50), 'us')} at {run.at('polling_interval', p.x)}"
+            for p in points]
 
 
 def growth(run: Run, scenario: str, model: str | None, m: Metric) -> tuple | None:

@@ -24,10 +24,6 @@ from bench.measures import (
 )
 
 
-def _at(run: Run, scenario: str, x: Any) -> str:
-    return f"{run.x_label(scenario)} = {fmt_x(x)}"
-
-
 def ranked(run: Run, scenario: str, x: Any, m: Metric) -> list[tuple[str, float]]:
     """Contenders (not the C reference) with a median at x, best first."""
     values = [(model, run.median(scenario, model, x, m)) for model in run.models(scenario)
@@ -55,11 +51,11 @@ def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
         return []
     bv, wv = ranking[0][1], ranking[-1][1]
     if bv == wv:
-        return [f"At {_at(run, scenario, x)}, every model measured {fmt(bv, m.unit)} of "
+        return [f"At {run.at(scenario, x)}, every model measured {fmt(bv, m.unit)} of "
                 f"{m.label}."]
     best, worst = _tied(ranking, bv), _tied(ranking, wv)
     low, high = ("lowest", "highest") if m.lower_is_better else ("highest", "lowest")
-    text = (f"At {_at(run, scenario, x)}, {_names(best)} had the {low} {m.label} "
+    text = (f"At {run.at(scenario, x)}, {_names(best)} had the {low} {m.label} "
             f"({fmt(bv, m.unit)}) and {_names(worst)} the {high} ({fmt(wv, m.unit)})")
     factor = ratio(wv, bv) if m.lower_is_better else ratio(bv, wv)
     if factor is not None:
@@ -161,7 +157,7 @@ def _tradeoff(run: Run, scenario: str) -> list[str]:
         cut = ratio(a.median(CPU), b.median(CPU))
         cpu_change = f" ({fmt_ratio(cut)} less)" if cut and cut >= 1 else ""
         sentences.append(
-            f"Going from {_at(run, scenario, a.x)} to {fmt_x(b.x)}, {model}'s CPU went from "
+            f"Going from {run.at(scenario, a.x)} to {fmt_x(b.x)}, {model}'s CPU went from "
             f"{fmt(a.median(CPU), CPU.unit)} to {fmt(b.median(CPU), CPU.unit)}{cpu_change} "
             f"and its p50 latency from {fmt(a.median(P50), 'us')} to "
             f"{fmt(b.median(P50), 'us')}.")

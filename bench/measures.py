@@ -168,6 +168,10 @@ class Run:
         meta = self.scenarios.get(scenario, {})
         return meta.get("x_label") or meta.get("x") or "x"
 
+    def at(self, scenario: str, x: Any) -> str:
+        """'clients = 1,000': a point named the same way in every table and sentence."""
+        return f"{self.x_label(scenario)} = {fmt_x(x)}"
+
     def common_x(self, scenario: str, models: list[str], m: Metric) -> Any:
         """The largest x at which every given model has a median of `m`, else None."""
         shared = [x for x in self.xs(scenario)

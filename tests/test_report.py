@@ -114,7 +114,7 @@ def test_seed_mechanism_table_uses_measured_idle_cpu(rendered):
             assert close(parse_value(row[col]), median), row
     select = next(r for r in rows if r[1] == "select")
     assert select[col].endswith("(ceiling)")
-    assert "failed at 10,000 idle fds" in select[-1]
+    assert "failed at idle fds = 10,000" in select[-1]
     assert "connections turned away" in select[-1]
 
 
