@@ -111,14 +111,19 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _log_axis(set_scale: Any, values: list[float]) -> None:
+    """Log scale for these values; symlog when some are zero, so they stay on the plot."""
+    values = [v for v in values if v == v]  # drop nan
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) < len(values):
+        set_scale("symlog", linthresh=min(positive))
+    elif positive:
+        set_scale("log")
+
+
 def _x_axis(ax: Any, run: Run, scenario: str, xs: list[float]) -> None:
-    meta = run.scenarios.get(scenario, {})
-    if meta.get("log_x"):
-        positive = [x for x in xs if x > 0]
-        if positive and len(positive) < len(xs):
-            ax.set_xscale("symlog", linthresh=min(positive))  # keeps x = 0 on the axis
-        elif positive:
-            ax.set_xscale("log")
+    if run.scenarios.get(scenario, {}).get("log_x"):
+        _log_axis(ax.set_xscale, xs)
     ax.set_xlabel(run.x_label(scenario))
 
 
@@ -127,7 +132,7 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
     """One line per model: median and min-max bars; crosses where all repeats failed."""
     factor, unit = scale
     all_x: list[float] = []
-    positive = False  # a log axis needs at least one value above zero
+    all_y: list[float] = []
     plotted = any_dead = False
     for model in run.models(scenario):
         pts = [(p.x, p.stat(m)) for p in run.points(scenario, model)]
@@ -141,13 +146,13 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
             med, err = _bars([s for _, s in good], factor)
             ax.errorbar(xs, med, yerr=err, capsize=3, markersize=4, **style)
             all_x += xs
-            positive = positive or any(v > 0 for v in med)
+            all_y += med + [v - below for v, below in zip(med, err[0], strict=True)]
             plotted = True
             for p in run.points(scenario, model):
                 if p.noted and p.median(m) is not None:  # e.g. select past fd 1023
                     ax.annotate("ceiling", (p.x, p.median(m) * factor), fontsize=7,
                                 color=style["color"], textcoords="offset points",
-                                xytext=(-40, -14), bbox={"fc": "white", "ec": "none", "alpha": 0.6})
+                                xytext=(-40, 8), bbox={"fc": "white", "ec": "none", "alpha": 0.6})
         else:
             ax.plot([], [], **style)  # its colour still belongs in the legend
         dead = [p.x for p in run.points(scenario, model) if not p.ok]
@@ -166,8 +171,11 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
                 transform=ax.transAxes)
         return
     _x_axis(ax, run, scenario, all_x)
-    if log_y and positive:
-        ax.set_yscale("log")
+    if log_y:
+        _log_axis(ax.set_yscale, all_y)
+        if ax.get_yscale() == "symlog":
+            # Nothing here is negative: no mirrored half, just room to see the zeros.
+            ax.set_ylim(bottom=-0.3 * ax.yaxis.get_transform().linthresh)
     if not plotted:
         ax.text(0.5, 0.5, "no ok repeat: see the notes in REPORT.md", ha="center",
                 va="center", transform=ax.transAxes)
@@ -231,8 +239,8 @@ def _polling_interval(run: Run, out: Path) -> Path:
             ax.annotate(f"{fmt_x(p.x)}", (p.median(CPU) * PERCENT[0], p.median(P50) * MS[0]),
                         textcoords="offset points", xytext=(5, 5), fontsize=8)
     if plotted:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axis(ax.set_xscale, [x for line in ax.lines for x in line.get_xdata()])
+        _log_axis(ax.set_yscale, [y for line in ax.lines for y in line.get_ydata()])
         ax.set_xlabel(f"server CPU ({PERCENT[1]})")
         ax.set_ylabel(f"latency ({MS[1]})")
         ax.set_title(f"labels: {run.x_label(scenario)}", fontsize=9)
