@@ -32,6 +32,7 @@ from loadgen.timer import Timer
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
 _pack = HEADER.pack
+PROBE = b"\x00"  # see EchoWorker.prepare
 PRIME = 0  # a pseudo epoll event: no bytes to read, just send (epoll never reports 0)
 
 
@@ -61,6 +62,40 @@ def sleep_until(t_ns: int) -> None:
 
 
 class EchoWorker(Worker):
+    def prepare(self, socks: dict[int, socket.socket]) -> dict[int, socket.socket]:
+        """One byte there and back on every connection before reporting ready.
+
+        connect() returns once the kernel has queued the connection, before
+        the server has accepted it -- a process-per-client server may still be
+        forking hundreds of children.  Without the probe that start-up would
+        land inside the window and count as idle or per-message cost.
+        """
+        waiting = {sock.fileno(): (cid, sock) for cid, sock in socks.items()}
+        for fd, (_, sock) in waiting.items():
+            sock.send(PROBE)
+            self.ep.register(fd, IN)
+        deadline = time.monotonic() + self.plan.connect_timeout
+        while waiting and time.monotonic() < deadline:
+            for fd, _ in self.ep.poll(max(0.0, deadline - time.monotonic())):
+                cid, sock = waiting.pop(fd)
+                self.ep.unregister(fd)
+                try:
+                    echoed = sock.recv(len(PROBE))
+                except OSError as exc:
+                    echoed, why = b"", exc
+                else:
+                    why = "probe not echoed"
+                if echoed != PROBE:  # a 1-byte probe arrives whole or not at all
+                    self.fail(why)
+                    sock.close()
+                    del socks[cid]
+        for fd, (cid, sock) in waiting.items():
+            self.ep.unregister(fd)
+            self.fail("probe not echoed")
+            sock.close()
+            del socks[cid]
+        return socks
+
     def adopt(self, socks: dict[int, socket.socket]) -> None:
         plan = self.plan
         everyone_active = plan.workload == "echo"
