@@ -1,0 +1,288 @@
+"""Chaos in the harness: processes killed mid-trial, signals, a results directory that
+goes away, corrupt results handed to report and compare.
+
+Each fault must end in a clear message (one line, no traceback), completed
+trials kept in valid JSON, and no process left.  (Ctrl-C is covered by
+test_harness.py; corrupt-file basics -- missing, not JSON, other schema -- by
+test_report.py and test_compare.py.  These add what they do not cover.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.cgroup import CGROUP_ROOT, PREFIX
+from bench.cli import main
+from bench.results import load_results, write_results_atomic
+from tests import fake_results as fake
+from tests.support import MUXBENCH, ROOT, process_tree, wait_for
+
+RUN_TIMEOUT = 180.0  # a bound for every harness run below; the machine is shared
+
+
+def start_bench(out: Path, models: str, scale: str) -> subprocess.Popen:
+    return subprocess.Popen([*MUXBENCH, "bench", "--suite", "quick", "--scenarios", "idle",
+                             "--models", models, "--duration-scale", scale, "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, seen: set[int]) -> tuple[int, str]:
+    """Wait for the bench to end (SIGINT, then SIGKILL, past the bound); its status, stderr."""
+    try:
+        _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(20)
+        proc.kill()
+        _, err = proc.communicate()
+    seen.update(process_tree(proc.pid))
+    return proc.returncode, err
+
+
+def argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def alive(pids: set[int]) -> list[int]:
+    """Those of pids still running (not zombies) -- with a moment to finish dying."""
+    def left() -> list[int]:
+        out = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+        return out
+    wait_for(lambda: not left(), 5)
+    return left()
+
+
+def trial_processes(bench: subprocess.Popen, model: str, seen: set[int]) -> tuple[int, int]:
+    """(server pid, load generator pid) of the trial of `model` once its load is running."""
+    found: tuple[int, int] | None = None
+
+    def look() -> bool:
+        nonlocal found
+        tree = process_tree(bench.pid)
+        seen.update(tree)
+        direct = {pid: argv(pid) for pid in tree if _ppid(pid) == bench.pid}
+        for pid, args in direct.items():
+            if "serve" in args and model in args:
+                port = _listen_port(pid)
+                for load, largs in direct.items():
+                    if port and "load" in largs and str(port) in largs:
+                        found = pid, load
+                        return True
+        return bench.poll() is not None
+
+    assert wait_for(look, RUN_TIMEOUT, 0.02) and found, f"no {model} trial with its load seen"
+    return found
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _listen_port(pid: int) -> int | None:
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.Process(pid).net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                return conn.laddr.port
+    return None
+
+
+# ---- one run, three faults ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory) -> dict:
+    """A bench run whose 1st trial's server is SIGKILLed, whose 2nd trial's load generator
+    is SIGKILLed, and which gets SIGTERM during its 3rd trial."""
+    out = tmp_path_factory.mktemp("faulty")
+    seen: set[int] = set()
+    proc = start_bench(out, "select,poll,epoll", "5")
+    try:
+        server, _ = trial_processes(proc, "select", seen)
+        os.kill(server, signal.SIGKILL)
+        _, load = trial_processes(proc, "poll", seen)
+        seen.update(process_tree(load))  # its workers must go too
+        os.kill(load, signal.SIGKILL)
+        trial_processes(proc, "epoll", seen)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        status, err = finish(proc, seen)
+    return {"status": status, "stderr": err, "results": load_results(out / "latest"),
+            "seen": seen, "pid": proc.pid}
+
+
+def by_model(run: dict, model: str) -> dict:
+    return next(t for t in run["results"]["trials"] if t["model"] == model)
+
+
+def test_server_killed_mid_trial_is_a_failed_trial_with_its_reason(faulty_run):
+    trial = by_model(faulty_run, "select")
+    assert trial["status"] == "failed"
+    assert "server exited with status -9" in trial["reason"], trial["reason"]
+
+
+def test_load_generator_killed_mid_trial_is_a_failed_trial_with_its_reason(faulty_run):
+    trial = by_model(faulty_run, "poll")
+    assert trial["status"] == "failed"
+    assert "load generator exited with status -9" in trial["reason"], trial["reason"]
+    assert trial["cleanup"]["remaining_after_kill"] == 0
+
+
+def test_sigterm_keeps_completed_trials_says_so_and_leaves_nothing(faulty_run):
+    assert faulty_run["status"] == 130, faulty_run["stderr"]
+    results = faulty_run["results"]
+    assert results["status"] == "interrupted" and results["finished_at"]
+    assert [t["model"] for t in results["trials"]][:2] == ["select", "poll"]
+    err = faulty_run["stderr"]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("muxbench bench: interrupted: ")
+    assert alive(faulty_run["seen"]) == []
+    assert not list(CGROUP_ROOT.glob(f"*/{PREFIX}{faulty_run['pid']}-*"))
+
+
+# ---- the results directory ----------------------------------------------------------------
+
+
+def test_unwritable_results_directory_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("a file where the results directory should be")
+    proc = subprocess.run([*MUXBENCH, "bench", "--suite", "quick", "--scenarios", "idle",
+                           "--models", "epoll", "--out", str(tmp_path / "file" / "results")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("muxbench bench: cannot create a run directory under ")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def lost_directory_run(tmp_path_factory) -> dict:
+    """A bench run whose run directory is replaced by a file after its first trial."""
+    out = tmp_path_factory.mktemp("lost")
+    seen: set[int] = set()
+    proc = start_bench(out, "epoll,select", "1")
+    moved = None
+    try:
+        def first_trial_written() -> bool:
+            seen.update(process_tree(proc.pid))
+            with contextlib.suppress(OSError, ValueError):
+                return len(json.loads((out / "latest" / "results.json").read_text())["trials"]) > 0
+            return proc.poll() is not None
+        assert wait_for(first_trial_written, RUN_TIMEOUT, 0.02), "no trial completed"
+        run_dir = (out / "latest").resolve()
+        moved = run_dir.rename(run_dir.with_name(run_dir.name + ".moved"))
+        run_dir.write_text("not a directory any more")
+    finally:
+        status, err = finish(proc, seen)
+    return {"status": status, "stderr": err, "moved": moved, "seen": seen}
+
+
+def test_results_directory_lost_mid_run_keeps_trials_and_leaves_nothing(lost_directory_run):
+    kept = load_results(lost_directory_run["moved"])
+    assert len(kept["trials"]) >= 1
+    assert alive(lost_directory_run["seen"]) == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bench/suite.py: an OSError from write_results_atomic after a trial (run directory "
+    "gone or unwritable) escapes as a traceback, raised again from the finally block"))
+def test_results_directory_lost_mid_run_is_one_clear_line(lost_directory_run):
+    err = lost_directory_run["stderr"]
+    assert "Traceback" not in err, err[-2000:]
+    assert lost_directory_run["status"] == 2
+    assert err.strip().splitlines()[-1].startswith("muxbench bench: cannot write ")
+
+
+# ---- corrupt results handed to report and compare -------------------------------------------
+
+COMMANDS = ("report", "compare")
+
+
+def run_command(name: str, bad: Path, good: Path) -> tuple[int, str]:
+    """`muxbench NAME` in-process on a bad run (compare: against a good one); an
+    exception escaping main() -- a traceback for the user -- fails the test."""
+    args = (["compare", str(good), str(bad)] if name == "compare"
+            else ["report", str(bad), "--plots", str(bad / "plots"), "-q"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(args)
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_truncated_results_file_is_one_line_exit_2(tmp_path, name, seed):
+    """A results.json cut short anywhere (as a writer without rename would leave it)."""
+    good = tmp_path / "good"
+    write_results_atomic(good / "results.json", fake.healthy_run(repeats=2))
+    text = (good / "results.json").read_text()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text(text[:random.Random(seed).randrange(1, len(text) - 2)])
+    status, err = run_command(name, bad, good)
+    assert status == 2
+    assert err.startswith(f"muxbench {name}: ") and "not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _trial0(key: str, value):
+    return lambda d: d["trials"][0].__setitem__(key, value)
+
+
+CORRUPTIONS = {
+    "trial model is null": _trial0("model", None),
+    "trial protocol is an object": _trial0("protocol", {}),
+    "trial scenario is a list": _trial0("scenario", []),
+    "trial point is a number": _trial0("point", 1e308),
+    "scenario entry is a string": lambda d: d["scenarios"].__setitem__("idle", "x"),
+    "server cpu_util is Infinity": lambda d: d["trials"][0]["server"].__setitem__(
+        "cpu_util", float("inf")),
+    "trials is an object": lambda d: d.__setitem__("trials", {}),
+    "environment is a list": lambda d: d.__setitem__("environment", []),
+    "trial load is a list": _trial0("load", []),
+}
+# Each of these escapes main() as an exception today (found by this test; see the reason).
+UNVALIDATED = ("bench/results.py load_results checks that trial keys exist but not their "
+               "types, nor that scenario entries are objects, and accepts NaN/Infinity")
+CRASHES = {("report", "trial model is null"), ("report", "trial protocol is an object"),
+           ("report", "trial scenario is a list"), ("report", "server cpu_util is Infinity"),
+           ("compare", "trial model is null"), ("compare", "trial protocol is an object"),
+           ("compare", "trial scenario is a list"), ("compare", "trial point is a number"),
+           ("compare", "scenario entry is a string")}
+CASES = [pytest.param(name, what, marks=[pytest.mark.xfail(strict=True, reason=UNVALIDATED)]
+                      if (name, what) in CRASHES else [])
+         for what in CORRUPTIONS for name in COMMANDS]
+
+
+@pytest.mark.parametrize(("name", "what"), CASES)
+def test_type_corrupted_results_exit_cleanly(tmp_path, name, what):
+    """A well-formed file with a wrong-typed field: a one-line refusal (exit 2) or a
+    normal run, never a traceback."""
+    base = fake.healthy_run(repeats=2)
+    good = fake.write(base, tmp_path / "good")
+    bad = json.loads(json.dumps(base))
+    CORRUPTIONS[what](bad)
+    fake.write(bad, tmp_path / "bad")
+    status, err = run_command(name, tmp_path / "bad", good)
+    assert status in (0, 1, 2), status
+    if status == 2:
+        assert err.startswith(f"muxbench {name}: ") and len(err.strip().splitlines()) == 1
