@@ -212,7 +212,7 @@ class ThreadServer:
                 # Send a bounded chunk outside the lock and count it as queued
                 # until the kernel took it, so the Outbox measures what this
                 # client has not accepted yet, as in the single-threaded models.
-                chunk = bytes(outbox[:RECV_SIZE])
+                chunk = outbox[:RECV_SIZE]  # a copy: the outbox may grow meanwhile
             try:
                 client.sock.sendall(chunk)
             except OSError as exc:

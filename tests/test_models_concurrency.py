@@ -178,3 +178,30 @@ def test_long_line_drops_only_its_sender(model):
             assert wait_for(lambda: "line longer than 100 bytes" in server.log(), 5)
             other.sendall(b"ok\n")
             assert recv_exactly(other, 3) == b"ok\n"
+
+
+@pytest.mark.parametrize("model", OWN_MODELS)
+def test_slow_reader_gets_every_line_in_order_from_its_backlog(model):
+    """A member that reads slowly is served from its backlog (thread: its writer
+    thread; fork: its relay and the hub's Outbox), whole lines, in order."""
+    with serve(model, "chat", "--max-output", str(16 * 1024 * 1024)) as server:
+        slow = server.connect(timeout=20)
+        # A fixed, small window keeps the kernel from buffering it all.
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        talker = server.connect(timeout=20)
+        with slow, talker:
+            talker.sendall(b"sync\n")  # the last to connect is heard: both are members
+            assert recv_exactly(slow, 5) == recv_exactly(talker, 5) == b"sync\n"
+            # 6 MB: more than the kernel's socket buffers take, so part of it waits
+            # in the server's own backlog.
+            payload = b"".join(b"%07d %s\n" % (i, b"w" * 90) for i in range(60000))
+            talker.sendall(payload)  # the talker reads its own copy only afterwards
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = slow.recv(65536)
+                assert chunk, "the slow reader was disconnected"
+                got += chunk
+                time.sleep(0.001)
+            assert bytes(got) == payload
+            assert recv_exactly(talker, len(payload)) == payload
+            assert "dropped" not in server.log()
