@@ -209,9 +209,11 @@ def close_all(peers: list[Peer]) -> None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    # PSS summed over the tree (bytes): forked children share most of their pages
-    # with the parent, and summed RSS would count those pages once per child.
-    pss: int
+    # USS summed over the tree (bytes): the pages only this process holds.  Summed
+    # RSS would count the pages forked children share with the parent once per
+    # child, and PSS moves whenever any other process on the machine maps the same
+    # libraries; a leak is private memory, which USS counts exactly once.
+    uss: int
     fds: int
     threads: int
     procs: int
@@ -221,24 +223,24 @@ class Snapshot:
 
 
 def snapshot(pid: int) -> Snapshot:
-    """PSS, descriptors, threads and processes of pid and all its live descendants."""
+    """USS, descriptors, threads and processes of pid and all its live descendants."""
     root = psutil.Process(pid)
     tree = [root]
     with contextlib.suppress(psutil.NoSuchProcess):
         tree += root.children(recursive=True)
-    pss = fds = threads = procs = 0
+    uss = fds = threads = procs = 0
     for proc in tree:
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             with proc.oneshot():
-                pss += proc.memory_full_info().pss
+                uss += proc.memory_full_info().uss
                 fds += proc.num_fds()
                 threads += proc.num_threads()
             procs += 1
         except psutil.NoSuchProcess:
             continue
-    return Snapshot(pss, fds, threads, procs)
+    return Snapshot(uss, fds, threads, procs)
 
 
 def warm_baseline(server, timeout: float = 15.0) -> Snapshot:

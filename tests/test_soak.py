@@ -4,7 +4,7 @@ Soak: rounds of hundreds of clients connect, talk (every byte and line
 checked) and leave in mixed ways (close, half-close, reset).  After each round
 the server tree's descriptors, threads and processes are back where they
 started, and after the first round -- which pays for one-off allocations --
-its PSS stays flat.
+its USS stays flat.
 
 Hostile peers: slowloris clients dribbling a line a byte at a time, a client
 sending one endless line (chat) or flooding without ever reading (echo), and a
@@ -44,8 +44,8 @@ EVERY = [(m, p) for m in AVAILABLE for p in ("echo", "chat")]
 REPRESENTATIVE = [(m, p) for m, p in [("epoll", "echo"), ("select", "chat"), ("thread", "chat"),
                                        ("fork", "chat"), ("asyncio", "echo")] if m in AVAILABLE]
 TIMEOUT = 120.0  # per phase; generous because the machine is shared, and still a bound
-# After the first round, PSS may move by allocator noise, not by anything per client.
-PSS_SLACK = 4 * 1024 * 1024
+# After the first round, USS may move by allocator noise, not by anything per client.
+USS_SLACK = 4 * 1024 * 1024
 # Memory a hostile peer may cost the server at most (the output and line limits are far below).
 HOSTILE_BOUND = 32 * 1024 * 1024
 
@@ -97,19 +97,19 @@ def soak(model: str, protocol: str, rounds: int, clients: int) -> None:
     with serve(model, protocol) as server:
         baseline = warm_baseline(server)
         rng = random.Random(f"soak/{model}/{protocol}")
-        pss: list[int] = []
+        uss: list[int] = []
         for n in range(rounds):
             soak_round(server, protocol, clients, rng)
             after = settle(server.proc.pid, baseline)
             assert after.counts() == baseline.counts(), (
                 f"round {n}: (fds, threads, procs) {after.counts()}, "
                 f"{baseline.counts()} before any client")
-            pss.append(after.pss)
-        growth = max(pss[1:]) - pss[0]
-        print(f"soak {model}/{protocol}: {rounds} rounds x {clients} clients, PSS after "
-              f"round 1 {pss[0] / 2**20:.1f} MiB, growth since {growth / 2**20:+.2f} MiB, "
+            uss.append(after.uss)
+        growth = max(uss[1:]) - uss[0]
+        print(f"soak {model}/{protocol}: {rounds} rounds x {clients} clients, USS after "
+              f"round 1 {uss[0] / 2**20:.1f} MiB, growth since {growth / 2**20:+.2f} MiB, "
               f"processes left {after.procs - baseline.procs}")
-        assert growth < PSS_SLACK, [f"{r / 2**20:.1f}" for r in pss]
+        assert growth < USS_SLACK, [f"{r / 2**20:.1f}" for r in uss]
         assert unclear_log_lines(server.log(), model) == []
 
 
@@ -128,14 +128,14 @@ def test_soak_long(model: str, protocol: str) -> None:
 
 
 class Peak:
-    """Largest tree PSS seen, sampled at most every `every` seconds from a drive loop."""
+    """Largest tree USS seen, sampled at most every `every` seconds from a drive loop."""
 
     def __init__(self, pid: int, every: float = 0.1) -> None:
-        self.pid, self.every, self.pss, self.last = pid, every, 0, 0.0
+        self.pid, self.every, self.uss, self.last = pid, every, 0, 0.0
 
     def sample(self) -> None:
         if time.monotonic() - self.last >= self.every:
-            self.pss = max(self.pss, snapshot(self.pid).pss)
+            self.uss = max(self.uss, snapshot(self.pid).uss)
             self.last = time.monotonic()
 
 
@@ -146,45 +146,53 @@ def hostile(model: str, protocol: str, tick: float) -> None:
         socks = join(server, 7, TIMEOUT) if chat else [server.connect() for _ in range(7)]
         talk = [b"t:%d\n" % i for i in range(50)]
         lines = [b"s%d:slow line\n" % i for i in range(len(socks) - 2)]
-        listener = Peer(socks[0], [])
-        peers = [listener, Peer(socks[1], talk, gaps=[0.01] * len(talk))]
+        listener, talker = Peer(socks[0], []), Peer(socks[1], talk, gaps=[0.01] * len(talk))
+        peers = [listener, talker]
         peers += [Peer(s, [bytes([b]) for b in line], gaps=[tick] * len(line))
                   for s, line in zip(socks[2:], lines, strict=True)]
         # Chat: one endless line, which the line limit must end.  Echo: a flood that is
         # never read, which backpressure must hold.  64 MiB either way: bounded, and
         # far more than the server may keep.
         flood = Peer(server.connect(), [b"x" * 65536] * 1024, reads=chat)
-        storm = [Peer(server.connect(timeout=TIMEOUT), [b"half a li"],
-                      ending=random.Random(i).choice(("reset", "close")))
-                 for i in range(300)]
-        peers += [flood, *storm]
+        # The listener gets every talker and slow line (chat); each talker its own (echo).
+        want = ({listener: sum(map(len, talk + lines))} if chat
+                else {p: sum(map(len, p.chunks)) for p in peers})
         peak = Peak(server.proc.pid)
-        want = {p: len(b"".join(p.chunks)) for p in peers[1:-len(storm) - 1]}
-        if chat:  # the listener gets every talker and slow line; the flooder is cut off
-            want = {listener: sum(map(len, talk + lines))}
 
         def done() -> bool:
             peak.sample()
             return (all(len(p.received) >= n for p, n in want.items())
                     and (not chat or bool(flood.eof or flood.error)))
 
+        storm: list[Peer] = []
         try:
-            assert drive(peers, done, TIMEOUT + tick * 20), (
+            assert drive([*peers, flood], done, TIMEOUT + tick * 20), (
                 f"listener {len(listener.received)} bytes, flood eof={flood.eof} "
                 f"error={flood.error}; log:\n{server.log()}")
-            grown = peak.pss - baseline.pss
-            print(f"hostile {model}/{protocol}: peak PSS {grown / 2**20:+.1f} MiB over "
+            grown = peak.uss - baseline.uss
+            print(f"hostile {model}/{protocol}: peak USS {grown / 2**20:+.1f} MiB over "
                   f"baseline, flood sent {len(flood.sent) / 2**20:.1f} MiB")
             assert grown < HOSTILE_BOUND, f"server grew {grown / 2**20:.1f} MiB"
             if chat:
                 got = bytes(listener.received).split(b"\n")
                 assert sorted(line + b"\n" for line in got if line) == sorted(talk + lines)
             else:
-                for peer, n in want.items():
-                    assert bytes(peer.received) == b"".join(peer.chunks)[:n]
+                for peer in want:
+                    assert bytes(peer.received) == b"".join(peer.chunks)
+            # A connect storm (each leaves at once, mid-line, by FIN or RST); the steady
+            # pair is still served after it.
+            storm = [Peer(server.connect(timeout=TIMEOUT), [b"half a li"],
+                          ending=random.Random(i).choice(("reset", "close")))
+                     for i in range(300)]
+            after_storm = Peer(talker.sock, [b"t:after the storm\n"])
+            target = listener if chat else after_storm
+            need = len(target.received) + len(after_storm.chunks[0])
+            assert drive([*storm, after_storm, *([listener] if chat else [])],
+                         lambda: len(target.received) >= need, TIMEOUT)
+            assert bytes(target.received).endswith(b"t:after the storm\n")
             assert server.proc.poll() is None
         finally:
-            close_all(peers)
+            close_all([*peers, flood, *storm])
         if chat:
             assert wait_for(lambda: server.log().count("line longer than") == 1, 10), (
                 server.log())
