@@ -55,6 +55,7 @@ class FaultyServer:
 
     size: int
     fault: Fault
+    probe: bool = True  # echo workloads open with a one-byte probe; churn does not
     listener: socket.socket = field(init=False)
     peers: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +96,8 @@ class FaultyServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         seq = 0
         with contextlib.suppress(OSError):
+            if self.probe:
+                sock.sendall(recv_exactly(sock, 1))
             while not self._stop.is_set():
                 message = recv_exactly(sock, self.size)
                 if len(message) < self.size:
