@@ -274,6 +274,17 @@ def settle(pid: int, baseline: Snapshot, timeout: float = 15.0) -> Snapshot:
         time.sleep(0.05)
 
 
+def connections(pid: int) -> list[str]:
+    """The tree's TCP sockets as 'local->remote STATE' (what a leak report needs)."""
+    root = psutil.Process(pid)
+    out = []
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            out += [f"{c.laddr.port}->{c.raddr.port if c.raddr else '-'} {c.status}"
+                    for c in proc.net_connections("tcp")]
+    return out
+
+
 # ---- the server's log -----------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from tests.fuzz_support import (
     ENDINGS,
     Peer,
     close_all,
+    connections,
     drive,
     join,
     pauses,
@@ -222,7 +223,7 @@ def fuzz(model: str, protocol: str, seeds: range) -> None:
             after = settle(server.proc.pid, baseline)
             assert after.counts() == baseline.counts(), (
                 f"seed {seed}: (fds, threads, procs) {after.counts()} after the case, "
-                f"{baseline.counts()} before")
+                f"{baseline.counts()} before; sockets {connections(server.proc.pid)}")
             # One log line per sender dropped for a long line, none for anyone else.
             assert wait_for(lambda n=too_long: server.log().count("line longer than") == n, 10), (
                 f"seed {seed}: {too_long} too-long senders in all; log:\n{server.log()}")
