@@ -11,6 +11,7 @@ import pytest
 
 from bench import compare, judge
 from bench.cli import main
+from bench.results import load_results
 from tests import fake_results as fake
 from tests.support import MUXBENCH, ROOT
 
@@ -275,3 +276,24 @@ def test_regress_without_a_baseline_exits_2(tmp_path, capsys):
     assert regress.main(["--baseline", str(tmp_path / "none"), "--out",
                          str(tmp_path / "results")]) == 2
     assert capsys.readouterr().err.startswith("bench.regress: cannot read")
+
+
+# -- the committed baseline: real data, 5 repeats ------------------------------------
+
+BASELINE = ROOT / "results" / "baseline"
+
+
+def test_the_committed_baseline_against_itself_exits_0(capsys):
+    assert main(["compare", str(BASELINE), str(BASELINE), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["regression"] == summary["improvement"] == summary["too-few"] == 0
+    assert summary["noise"] > 50
+
+
+def test_the_committed_baseline_with_one_model_cpu_doubled_exits_1(tmp_path, capsys):
+    doubled = fake.scale(load_results(BASELINE), "thread", CPU, 2.0)
+    new_dir = fake.write(doubled, tmp_path / "doubled")
+    assert main(["compare", str(BASELINE), str(new_dir), "--json"]) == 1
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    flagged = {(c["model"], c["metric"]) for c in cells if c["verdict"] == "regression"}
+    assert flagged == {("thread", "cpu_per_msg_us")}

@@ -16,7 +16,7 @@ from bench import invariants
 from bench.results import load_results
 from bench.sampler import TreeSampler
 from tests import fake_results as fake
-from tests.support import _readline, kill_group, serve
+from tests.support import ROOT, _readline, kill_group, serve
 
 
 @pytest.fixture
@@ -215,8 +215,16 @@ def test_idle_cpu_invariant_catches_a_real_spinning_server():
 
 # -- the real quick run ----------------------------------------------------------------
 
-def test_quick_run_satisfies_every_invariant(quick_run):
-    results = load_results(quick_run)
+def assert_no_violation(results: dict) -> None:
     violations = {k: v for k, v in invariants.check_all(results).items() if v}
     assert not violations, "\n".join(f"{k}: {line}" for k, v in violations.items()
                                      for line in v)
+
+
+def test_quick_run_satisfies_every_invariant(quick_run):
+    assert_no_violation(load_results(quick_run))
+
+
+def test_the_committed_baseline_satisfies_every_invariant():
+    # Five repeats of the quick suite, the reference `make regress` compares against.
+    assert_no_violation(load_results(ROOT / "results" / "baseline"))
