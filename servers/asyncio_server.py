@@ -134,6 +134,7 @@ class AsyncioServer:
         # and each read is consumed before the next one starts.
         self.buffer = memoryview(bytearray(RECV_SIZE))
         self.acceptor = Acceptor(listener)
+        self.server: asyncio.AbstractServer | None = None
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, close everything, then re-raise the signal.
@@ -142,35 +143,44 @@ class AsyncioServer:
         raised from inside a loop callback a BaseException other than
         SystemExit or KeyboardInterrupt is caught and logged by asyncio's
         Handle, and the loop keeps running.  So while the loop runs, the loop
-        owns the signals (add_signal_handler wakes it and stops it cleanly);
-        once every transport is closed, the caller's handlers are put back
-        and the signal is raised again for them, with the same effect it
-        would have had on any other model.
+        owns the signals: add_signal_handler turns one into a callback that
+        completes `stop`, and serving ends when it is done.  (A future, not
+        loop.stop(): a stop() that lands while create_server() is still
+        pending would be spent on that first run_until_complete().)  Once
+        every transport is closed, the caller's handlers are put back and the
+        signal is raised again for them, with the same effect it would have
+        had on any other model.
         """
         loop = self.new_event_loop()
-        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-        received: list[int] = []
-        server = None
         loop.set_exception_handler(self.on_loop_error)
+        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        stop = loop.create_future()
         try:
             for signum in SIGNALS:
-                loop.add_signal_handler(signum, self.stop, loop, received, signum)
-            server = loop.run_until_complete(
-                loop.create_server(lambda: Client(self), sock=self.listener, backlog=BACKLOG))
-            loop.run_forever()
+                loop.add_signal_handler(signum, self.request_stop, stop, signum)
+            loop.run_until_complete(self.serve(loop, stop))
         finally:
             # No signal may find the loop's handlers half removed (SIG_DFL
             # would kill the process mid-clean-up): hold them until the
             # caller's handlers are back.
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             try:
-                self.close_all(loop, server)
+                self.close_all(loop)
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        for signum in received[:1]:
-            signal.raise_signal(signum)
+        signal.raise_signal(stop.result())
+
+    async def serve(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Future) -> None:
+        self.server = await loop.create_server(
+            lambda: Client(self), sock=self.listener, backlog=BACKLOG)
+        await stop
+
+    @staticmethod
+    def request_stop(stop: asyncio.Future, signum: int) -> None:
+        if not stop.done():
+            stop.set_result(signum)
 
     def on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         exc = context.get("exception")
@@ -185,17 +195,12 @@ class AsyncioServer:
             return
         loop.default_exception_handler(context)
 
-    @staticmethod
-    def stop(loop: asyncio.AbstractEventLoop, received: list[int], signum: int) -> None:
-        received.append(signum)
-        loop.stop()
-
-    def close_all(self, loop: asyncio.AbstractEventLoop, server) -> None:
+    def close_all(self, loop: asyncio.AbstractEventLoop) -> None:
         for client in list(self.clients):
             client.gone = True
             client.transport.abort()
-        if server is not None:
-            server.close()
+        if self.server is not None:
+            self.server.close()
         loop.run_until_complete(self.settle())
         loop.close()
         self.acceptor.close()

@@ -205,3 +205,12 @@ def test_slow_reader_gets_every_line_in_order_from_its_backlog(model):
             assert bytes(got) == payload
             assert recv_exactly(talker, len(payload)) == payload
             assert "dropped" not in server.log()
+
+
+@pytest.mark.parametrize("model", OWN_MODELS)
+def test_signal_right_after_start_still_exits_zero(model):
+    """The first moments of run() (asyncio: create_server() still pending; fork
+    and thread: before the first accept) must not lose a SIGTERM."""
+    for _ in range(8):
+        with serve(model, "chat") as server:
+            assert server.stop(signal.SIGTERM, timeout=5) == 0
