@@ -82,7 +82,8 @@ def render(comparison: Comparison, console: Console, changes_only: bool = False)
                       *(f"[{style}]{text}[/]" if style else text for text, style in texts),
                       "; ".join(cell.note for cell in cells if cell.note),
                       style="bold" if worst == REGRESSION else None)
-    console.print(table)
+    if table.row_count:
+        console.print(table)
     summary = (f"{c.count(REGRESSION)} regression(s), {c.count(IMPROVEMENT)} improvement(s), "
                f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats")
     console.print(summary)

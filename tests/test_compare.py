@@ -167,6 +167,13 @@ def _table(tmp_path: Path, base: dict, new: dict) -> str:
     return out.read_text()
 
 
+def test_changes_only_prints_no_empty_table(tmp_path, base, capsys):
+    run_dir = str(fake.write(base, tmp_path / "run"))
+    assert main(["compare", run_dir, run_dir, "--changes-only"]) == 0
+    out = capsys.readouterr().out
+    assert "scenario" not in out and "0 regression(s)" in out
+
+
 def test_table_marks_the_regression_for_people(tmp_path, base, rerun):
     text = _table(tmp_path, base, fake.scale(rerun, "thread", CPU, 2.0))
     row = next(line for line in text.splitlines() if "thread" in line and "echo_clients" in line)
