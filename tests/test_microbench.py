@@ -63,8 +63,12 @@ def _inflight(pattern: Pattern) -> list[tuple[int, bytes, int, int]]:
 
 
 def record_replies(pending: list, replies: list[bytes], pattern: Pattern) -> tuple[Tally, bytes]:
-    """What the echo worker does per reply: match it, account for it, record its latency."""
-    inflight, missing, tally, window = deque(pending), {}, Tally(), Window(0, 1 << 62)
+    """What the echo worker (loadgen/echo.py) does per reply: match it against the next
+    frame in flight (the slow path only on a mismatch), count it if it was due inside
+    the window, and append its latency to the raw array."""
+    inflight, missing, tally = deque(pending), {}, Tally()
+    ws, we = 0, 1 << 62
+    window = Window(ws, we)
     samples = new_samples()
     record = samples.append
     for t, frame in enumerate(replies, start=MESSAGES * 1_000):
@@ -74,8 +78,10 @@ def record_replies(pending: list, replies: list[bytes], pattern: Pattern) -> tup
             entry = settle_mismatch(frame, pattern, inflight, missing, tally, window)
             if entry is None:
                 continue
-        tally.received += 1
-        record(t - entry[2])
+        due = entry[2]
+        if ws <= due < we:
+            tally.received += 1
+            record(t - due)
     return tally, samples.tobytes()
 
 
