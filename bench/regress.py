@@ -46,7 +46,7 @@ def bench_run(args: argparse.Namespace, scenarios: Iterable[str] | None = None,
         cmd += ["--scenarios", ",".join(sorted(scenarios))]
     if models:
         cmd += ["--models", ",".join(sorted(models))]
-    print("$ " + " ".join(cmd[2:]), flush=True)
+    print("$ muxbench " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         proc.wait()
