@@ -47,7 +47,13 @@ class Client(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.peer = format_address(transport.get_extra_info("peername"))
+        peername = transport.get_extra_info("peername")
+        if peername is None:
+            # Reset before the loop called us (uvloop then has no peer address):
+            # nobody to serve, and an exception here would leave the socket open.
+            transport.abort()
+            return
+        self.peer = format_address(peername)
         clients = self.server.clients
         max_clients = self.server.limits.max_clients
         if max_clients is not None and len(clients) >= max_clients:
