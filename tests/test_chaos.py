@@ -286,3 +286,39 @@ def test_type_corrupted_results_exit_cleanly(tmp_path, name, what):
     assert status in (0, 1, 2), status
     if status == 2:
         assert err.startswith(f"muxbench {name}: ") and len(err.strip().splitlines()) == 1
+
+
+def _paths(obj, prefix: tuple = ()):
+    """Every path (tuple of keys and indexes) into a JSON value."""
+    yield prefix
+    if isinstance(obj, (dict, list)):
+        for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
+            yield from _paths(value, (*prefix, key))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=UNVALIDATED)
+def test_randomly_corrupted_results_never_crash_compare(tmp_path):
+    """200 seeded corruptions: any value replaced by a wrong type, or a key deleted."""
+    base = fake.healthy_run(repeats=2)
+    good = fake.write(base, tmp_path / "good")
+    weird = [None, "x", -1, 0, 1e308, [], {}, True, float("nan"), float("inf")]
+    crashes = []
+    for seed in range(200):
+        rng, bad = random.Random(seed), json.loads(json.dumps(base))
+        *where, last = rng.choice([p for p in _paths(bad) if p])
+        holder = bad
+        for key in where:
+            holder = holder[key]
+        if isinstance(holder, dict) and rng.random() < 0.2:
+            del holder[last]
+        else:
+            holder[last] = rng.choice(weird)
+        fake.write(bad, tmp_path / f"bad{seed}")
+        try:
+            status, err = run_command("compare", tmp_path / f"bad{seed}", good)
+        except Exception as exc:
+            crashes.append(f"seed {seed} {(*where, last)}: {type(exc).__name__}: {exc}")
+            continue
+        assert status in (0, 1, 2) and (status != 2 or len(err.strip().splitlines()) == 1)
+    assert crashes == []
