@@ -38,15 +38,15 @@ def start_bench(out: Path, models: str, scale: str) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, seen: set[int]) -> tuple[int, str]:
-    """Wait for the bench to end (SIGINT, then SIGKILL, past the bound); its status, stderr."""
-    try:
-        _, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+    """Wait for the bench to end, escalating past the bound: SIGINT first (the bench then
+    kills its servers and generators, which live in sessions of their own), then SIGKILL."""
+    err = ""
+    for sig, timeout in ((None, RUN_TIMEOUT), (signal.SIGINT, 20.0), (signal.SIGKILL, None)):
+        if sig is not None:
+            proc.send_signal(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
-        proc.kill()
-        _, err = proc.communicate()
+            err = proc.communicate(timeout=timeout)[1]
+            break
     seen.update(process_tree(proc.pid))
     return proc.returncode, err
 
