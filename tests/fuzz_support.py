@@ -10,6 +10,7 @@ is checked against.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import random
 import re
@@ -141,8 +142,6 @@ class Peer:
 
 
 def errno_name(exc: OSError) -> str:
-    import errno
-
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 

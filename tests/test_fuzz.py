@@ -44,10 +44,6 @@ SLOW_SEEDS = range(100, 140)
 CASE_TIMEOUT = 60.0  # generous: the machine is shared; a hang still ends
 
 
-def random_bytes(rng: random.Random, size: int) -> bytes:
-    return rng.randbytes(size)
-
-
 def random_size(rng: random.Random) -> int:
     return rng.choice([0, 1, rng.randint(2, 2000), rng.randint(2000, 300_000)])
 
@@ -70,7 +66,7 @@ def echo_model(chunks: list[bytes]) -> bytes:
 def echo_case(server, rng: random.Random) -> int:
     peers = []
     for _ in range(rng.randint(1, 4)):
-        data = random_bytes(rng, random_size(rng))
+        data = rng.randbytes(random_size(rng))
         chunks = split(data, rng, rng.randint(1, 40))
         ending = rng.choice(ENDINGS)
         stop = rng.randint(0, len(chunks)) if ending in ("reset", "close") else None
@@ -126,7 +122,7 @@ def chat_model(key: int, chunks: list[bytes], whole: bool) -> list[bytes]:
 
 def chat_stream(rng: random.Random, key: int, ending: str) -> bytes:
     lines = [b"%d:%d:" % (key, n)
-             + random_bytes(rng, rng.choice([0, rng.randint(1, 50), rng.randint(50, 1500)]))
+             + rng.randbytes(rng.choice([0, rng.randint(1, 50), rng.randint(50, 1500)]))
              .replace(b"\n", b"") + b"\n"
              for n in range(rng.randint(0, 30))]
     if ending == "long":
@@ -134,7 +130,7 @@ def chat_stream(rng: random.Random, key: int, ending: str) -> bytes:
                      b"%d:long:" % key + b"x" * (MAX_LINE + rng.randint(1, 3000)) + b"\n")
     if ending in ("stay", "half_close"):
         lines.append(b"%d:END\n" % key)
-    tail = random_bytes(rng, rng.randint(1, 1000)).replace(b"\n", b"")
+    tail = rng.randbytes(rng.randint(1, 1000)).replace(b"\n", b"")
     return b"".join(lines) + (tail if ending in ("half_close", "reset") else b"")
 
 

@@ -19,6 +19,7 @@ runs every model and protocol with long rounds and a byte a second.
 from __future__ import annotations
 
 import random
+import socket
 import time
 
 import pytest
@@ -88,7 +89,7 @@ def leave(sock, how: str) -> None:
     elif how == "half_close":
         sock.setblocking(True)
         sock.settimeout(TIMEOUT)
-        sock.shutdown(1)  # SHUT_WR: the server flushes (nothing is pending) and closes
+        sock.shutdown(socket.SHUT_WR)  # the server flushes (nothing is pending) and closes
         assert sock.recv(1) == b""
     sock.close()
 
