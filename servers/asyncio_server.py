@@ -26,7 +26,7 @@ import logging
 import signal
 import socket
 
-from servers.net import RECV_SIZE, Acceptor, format_address, somaxconn, tune
+from servers.net import RECV_SIZE, Acceptor, at_capacity, format_address, somaxconn, tune
 from servers.protocol import ProtocolError
 
 log = logging.getLogger("muxbench.serve")
@@ -55,9 +55,7 @@ class Client(asyncio.BufferedProtocol):
             return
         self.peer = format_address(peername)
         clients = self.server.clients
-        max_clients = self.server.limits.max_clients
-        if max_clients is not None and len(clients) >= max_clients:
-            log.warning("refused %s: already serving --max-clients=%d", self.peer, max_clients)
+        if at_capacity(self.server.limits.max_clients, len(clients), self.peer):
             transport.close()
             return
         tune(transport.get_extra_info("socket"))

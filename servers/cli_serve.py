@@ -11,30 +11,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
 import sys
 
+from servers import shutdown
 from servers.models import MODELS, Options
 from servers.net import ListenError, format_address, raise_nofile_limit, tcp_listen
 from servers.protocol import PROTOCOLS, Limits
 
 log = logging.getLogger("muxbench.serve")
-
-
-class Shutdown(BaseException):
-    """Raised by the SIGTERM/SIGINT handler to unwind the serving loop.
-
-    Raising from the handler (rather than setting a flag) is what wakes a
-    loop blocked in select/poll/epoll/accept: PEP 475 retries an interrupted
-    call when the handler returns, but not when it raises.
-    """
-
-
-def _raise_shutdown(signum: int, frame: object) -> None:
-    # A second signal must not interrupt the clean-up the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Shutdown(signum)
 
 
 def _positive(text: str) -> int:
@@ -101,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_line=args.max_line, max_output=args.max_output,
                     max_clients=args.max_clients)
     protocol = PROTOCOLS[args.protocol](limits)
-    signal.signal(signal.SIGTERM, _raise_shutdown)
-    signal.signal(signal.SIGINT, _raise_shutdown)
+    wake_fd = shutdown.install()
     try:
-        server = model.server_class()(listener, protocol, Options(interval=args.interval))
+        server = model.server_class()(
+            listener, protocol, Options(interval=args.interval, wake_fd=wake_fd))
         print(f"muxbench serve: {args.model} ({args.protocol}) listening on "
               f"{format_address(listener.getsockname())}", flush=True)
         server.run()
-    except Shutdown:
+    except shutdown.Shutdown:
         pass
     finally:
         listener.close()

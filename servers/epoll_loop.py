@@ -20,6 +20,7 @@ class EpollServer(Reactor):
         super().__init__(listener, protocol, options)
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), self.listen_events)
+        self.epoll.register(self.wake_fd, select.EPOLLIN)
 
     listen_events = select.EPOLLIN
 

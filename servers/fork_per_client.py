@@ -18,7 +18,7 @@ not stop its own lines reaching the room, and a hub that is busy must not
 stall the client.  A client the hub drops has its child terminated.
 
 The parent reaps children as the textbook warns it must: SIGCHLD only wakes
-the loop (the self-pipe trick, via signal.set_wakeup_fd), and the loop calls
+the loop (through the wake fd of servers/shutdown.py), and the loop calls
 waitpid(-1, WNOHANG) until none is left, because SIGCHLDs coalesce.  SIGCHLD
 is never ignored outright: reaped children's CPU time is how the harness
 counts their cost.  The parent has no threads, so fork() is safe.
@@ -36,7 +36,7 @@ import socket
 import time
 
 from servers.epoll_loop import EpollServer
-from servers.net import RECV_SIZE, format_address, set_nonblocking, tune
+from servers.net import RECV_SIZE, at_capacity, format_address, tune
 from servers.reactor import Connection
 
 log = logging.getLogger("muxbench.serve")
@@ -51,34 +51,23 @@ KILL_TIMEOUT = 0.4
 class ForkServer(EpollServer):
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         super().__init__(listener, protocol, options)
-        # A protocol that pauses a backlogged reader answers only the sender
-        # (echo): its child can serve the client alone, with no hub.
-        self.alone = protocol.pause_reading_while_backlogged
+        # A private protocol (echo) shares nothing between clients: each
+        # child serves its client alone, with no hub.
+        self.alone = protocol.private
         self.children: set[int] = set()  # pids forked and not reaped yet
         self.child_of: dict[int, int] = {}  # hub fd -> pid of the child at its other end
-        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.epoll.register(self.wakeup_r, select.EPOLLIN)
 
     def run(self) -> None:
         # A Python-level handler is what makes the interpreter write to the
-        # wakeup fd; the handler itself has nothing to do.
+        # wake fd the loop watches (servers/shutdown.py); the handler itself
+        # has nothing to do: on_signal() reaps.
         previous = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        old_wakeup = signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         try:
             super().run()
         finally:
-            signal.set_wakeup_fd(old_wakeup)
             signal.signal(signal.SIGCHLD, previous)
-            os.close(self.wakeup_r)
-            os.close(self.wakeup_w)
 
-    def dispatch(self, fd: int, readable: int, writable: int) -> None:
-        if fd != self.wakeup_r:
-            super().dispatch(fd, readable, writable)
-            return
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.wakeup_r, 512):
-                pass
+    def on_signal(self) -> None:
         self.reap()
 
     def reap(self) -> None:
@@ -95,9 +84,7 @@ class ForkServer(EpollServer):
 
     def admit(self, sock: socket.socket, addr: tuple) -> None:
         peer = format_address(addr)
-        max_clients = self.limits.max_clients
-        if max_clients is not None and len(self.children) >= max_clients:
-            log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+        if at_capacity(self.limits.max_clients, len(self.children), peer):
             sock.close()
             return
         hub_end = child_end = None
@@ -134,13 +121,7 @@ class ForkServer(EpollServer):
 
     def adopt(self, hub_end: socket.socket, peer: str, pid: int) -> None:
         """Seat the child's pipe in the room, as a client of the hub."""
-        set_nonblocking(hub_end)
-        conn = Connection(hub_end, peer, self.limits)
-        self.conns[conn.fd] = conn
-        self.child_of[conn.fd] = pid
-        self.protocol.join(conn.fd)
-        conn.interest = (True, False)
-        self.watch(conn)
+        self.child_of[self.register(hub_end, peer).fd] = pid
 
     def close(self, conn: Connection, reason: str | None = None) -> None:
         super().close(conn, reason)

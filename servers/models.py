@@ -18,6 +18,7 @@ class Options:
     """Model-specific knobs (the protocol's limits travel with the protocol)."""
 
     interval: float = 0.0  # polling: sleep between sweeps (0 = pure busy-wait)
+    wake_fd: int = -1  # readable when a signal arrived; see servers/shutdown.py
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,34 @@ class Acceptor:
         os.close(self._spare)
 
 
+def at_capacity(max_clients: int | None, serving: int, peer: str) -> bool:
+    """--max-clients: True, with the refusal logged, when one more client is too many."""
+    if max_clients is None or serving < max_clients:
+        return False
+    log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+    return True
+
+
+def write_or_queue(sock: socket.socket, outbox, data: bytes, flags: int = 0) -> bool:
+    """Write directly; queue in `outbox` only what the kernel did not take.
+
+    Returns True when something was queued (the caller must now watch for
+    writability).  Anything already queued goes first, so then nothing is
+    written.  Raises OSError when the peer is gone and OutputLimitExceeded
+    when the queue passes its limit.
+    """
+    if not outbox:
+        try:
+            sent = sock.send(data, flags)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return False
+        data = data[sent:]
+    outbox.push(data)
+    return True
+
+
 def set_nonblocking(sock: socket.socket) -> None:
     """O_NONBLOCK through fcntl, as the seed does (sock.setblocking does the same)."""
     flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)

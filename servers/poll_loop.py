@@ -17,6 +17,7 @@ class PollServer(Reactor):
         super().__init__(listener, protocol, options)
         self.poller = select.poll()
         self.poller.register(listener.fileno(), select.POLLIN)
+        self.poller.register(self.wake_fd, select.POLLIN)
 
     @staticmethod
     def events(conn: Connection) -> int:

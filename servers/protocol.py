@@ -45,6 +45,10 @@ class Echo:
     """RFC 862 TCP echo: every byte back to its sender, in order, unframed."""
 
     name = "echo"
+    # Each answer depends only on its client's own bytes and goes only to it:
+    # a server may serve the client on its own, with no shared room (the
+    # thread model takes no lock, the fork model's child needs no IPC).
+    private = True
     # Echo output is the client's own input, so a client that does not read is
     # paused, not dropped: the server stops reading it while its backlog exists
     # and TCP flow control pushes back on the sender.  That bounds the backlog
@@ -74,6 +78,7 @@ class Chat:
     """
 
     name = "chat"
+    private = False
     # A chat client's backlog is filled by the *other* clients, so pausing its
     # reads would not bound it; it is disconnected at the output limit instead.
     pause_reading_while_backlogged = False

@@ -15,7 +15,16 @@ from __future__ import annotations
 import logging
 import socket
 
-from servers.net import RECV_SIZE, Acceptor, format_address, set_nonblocking, tune
+from servers import shutdown
+from servers.net import (
+    RECV_SIZE,
+    Acceptor,
+    at_capacity,
+    format_address,
+    set_nonblocking,
+    tune,
+    write_or_queue,
+)
 from servers.protocol import Limits, Outbox, ProtocolError
 
 log = logging.getLogger("muxbench.serve")
@@ -45,6 +54,7 @@ class Reactor:
         set_nonblocking(listener)  # a reset between readiness and accept must not hang us
         self.listener = listener
         self.listen_fd = listener.fileno()
+        self.wake_fd = options.wake_fd  # each mechanism watches it beside the listener
         self.protocol = protocol
         self.limits: Limits = protocol.limits
         self.pause_reading = protocol.pause_reading_while_backlogged
@@ -65,6 +75,9 @@ class Reactor:
     def serve_forever(self) -> None:
         raise NotImplementedError
 
+    def on_signal(self) -> None:
+        """A signal whose handler returned (SIGTERM and SIGINT raise Shutdown instead)."""
+
     def admits(self, sock: socket.socket, peer: str) -> bool:
         """Can the mechanism watch this socket at all?  (select cannot past FD_SETSIZE.)"""
         return True
@@ -84,7 +97,10 @@ class Reactor:
             return
         conn = self.conns.get(fd)
         if conn is None:
-            return  # closed earlier in this batch of reports
+            if fd == self.wake_fd:
+                shutdown.drain(fd)
+                self.on_signal()
+            return  # else: closed earlier in this batch of reports
         if writable:
             self.on_writable(conn)
         if readable and self.conns.get(fd) is conn:
@@ -108,21 +124,23 @@ class Reactor:
 
     def admit(self, sock: socket.socket, addr: tuple) -> None:
         peer = format_address(addr)
-        max_clients = self.limits.max_clients
-        if max_clients is not None and len(self.conns) >= max_clients:
-            log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+        if at_capacity(self.limits.max_clients, len(self.conns), peer) or not self.admits(
+            sock, peer
+        ):
             sock.close()
             return
-        if not self.admits(sock, peer):
-            sock.close()
-            return
-        set_nonblocking(sock)
         tune(sock)
+        self.register(sock, peer)
+
+    def register(self, sock: socket.socket, peer: str) -> Connection:
+        """Seat a connected socket in the protocol and the mechanism."""
+        set_nonblocking(sock)
         conn = Connection(sock, peer, self.limits)
         self.conns[conn.fd] = conn
         self.protocol.join(conn.fd)
         conn.interest = (True, False)
         self.watch(conn)
+        return conn
 
     def on_readable(self, conn: Connection) -> None:
         # This is the per-message path: attribute lookups are hoisted and
@@ -168,24 +186,15 @@ class Reactor:
             self.close(conn)
 
     def send(self, conn: Connection, data: bytes) -> None:
-        outbox = conn.outbox
-        if not outbox:
-            try:
-                sent = conn.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self.close(conn, exc.strerror)
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
         try:
-            outbox.push(data)
-        except ProtocolError as exc:
+            queued = write_or_queue(conn.sock, conn.outbox, data)
+        except OSError as exc:  # the peer is gone
+            self.close(conn, exc.strerror)
+        except ProtocolError as exc:  # past the output limit
             self.close(conn, str(exc))
-            return
-        self.refresh(conn)
+        else:
+            if queued:
+                self.refresh(conn)
 
     def on_writable(self, conn: Connection) -> None:
         outbox = conn.outbox

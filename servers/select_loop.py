@@ -22,7 +22,7 @@ log = logging.getLogger("muxbench.serve")
 class SelectServer(Reactor):
     def __init__(self, listener, protocol, options) -> None:
         super().__init__(listener, protocol, options)
-        self.readers: set[int] = {listener.fileno()}
+        self.readers: set[int] = {listener.fileno(), self.wake_fd}
         self.writers: set[int] = set()
 
     def admits(self, sock: socket.socket, peer: str) -> bool:

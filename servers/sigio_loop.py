@@ -17,17 +17,16 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 
 from servers.busy_polling import PollingServer
 from servers.reactor import Connection
 
 
-def arm(sock: socket.socket) -> None:
-    """Ask for SIGIO to this process whenever sock changes state."""
-    fcntl.fcntl(sock.fileno(), fcntl.F_SETOWN, os.getpid())
-    flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
-    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, flags | os.O_ASYNC)
+def arm(fd: int) -> None:
+    """Ask for SIGIO to this process whenever fd changes state."""
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC)
 
 
 class SigioServer(PollingServer):
@@ -36,11 +35,14 @@ class SigioServer(PollingServer):
     def __init__(self, listener, protocol, options) -> None:
         super().__init__(listener, protocol, options)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
-        arm(listener)
+        arm(listener.fileno())
+        # A SIGTERM that lands just before sigwaitinfo() writes to the wake
+        # fd (servers/shutdown.py), and that write raises a SIGIO: we wake.
+        arm(self.wake_fd)
 
     def watch(self, conn: Connection) -> None:
         # File status flags are not inherited through accept(): arm each one.
-        arm(conn.sock)
+        arm(conn.fd)
 
     def serve_forever(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """A thread per client: blocking sockets, and the kernel's scheduler as the multiplexer.
 
-The main thread blocks in accept(); every client gets a thread that blocks in
-recv() on its own socket.  Nothing asks which socket is ready: a thread sleeps
+The main thread waits for connections and accepts them; every client gets a
+thread that blocks in recv() on its own socket.  Nothing asks which socket is ready: a thread sleeps
 until its socket is, which is the seed's "multi-thread" model, paid for in a
 stack, a kernel task and a context switch per wake-up.
 
@@ -23,12 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import signal
 import socket
 import threading
 import time
 
-from servers.net import RECV_SIZE, Acceptor, format_address, tune
+from servers.net import (
+    RECV_SIZE,
+    Acceptor,
+    at_capacity,
+    format_address,
+    set_nonblocking,
+    tune,
+    write_or_queue,
+)
 from servers.protocol import Outbox, ProtocolError
 
 log = logging.getLogger("muxbench.serve")
@@ -59,13 +68,19 @@ class Client:
 
 class ThreadServer:
     def __init__(self, listener: socket.socket, protocol, options) -> None:
+        # Non-blocking, and waited on with poll() beside the wake fd: a
+        # blocking accept() would not notice a SIGTERM that lands just before
+        # it (servers/shutdown.py), nor survive a reset between poll and accept.
+        set_nonblocking(listener)
         self.listener = listener
+        self.ready = select.poll()
+        self.ready.register(listener, select.POLLIN)
+        self.ready.register(options.wake_fd, select.POLLIN)
         self.protocol = protocol
         self.limits = protocol.limits
-        # A protocol that pauses a backlogged reader answers only the sender
-        # and keeps no state shared between clients (echo): its reading
-        # thread can send the answer itself, without the lock.
-        self.direct = protocol.pause_reading_while_backlogged
+        # A private protocol (echo) shares nothing between clients: the
+        # reading thread sends the answer itself, without the lock.
+        self.direct = protocol.private
         self.lock = threading.Lock()  # guards the room, every Outbox and `clients`
         self.clients: set[Client] = set()
 
@@ -74,7 +89,8 @@ class ThreadServer:
         acceptor = Acceptor(self.listener)
         try:
             while True:
-                accepted = acceptor.accept()  # blocks; survives EMFILE and aborts
+                self.ready.poll()
+                accepted = acceptor.accept()  # survives EMFILE and aborts
                 if accepted is not None and accepted[0] is not None:
                     self.admit(*accepted)
         finally:
@@ -84,11 +100,9 @@ class ThreadServer:
 
     def admit(self, sock: socket.socket, addr: tuple) -> None:
         peer = format_address(addr)
-        max_clients = self.limits.max_clients
         with self.lock:
-            full = max_clients is not None and len(self.clients) >= max_clients
-        if full:
-            log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+            serving = len(self.clients)
+        if at_capacity(self.limits.max_clients, serving, peer):
             sock.close()
             return
         tune(sock)
@@ -180,25 +194,17 @@ class ThreadServer:
         that reads as fast as it can past --max-output.
         """
         for member in keys:
-            outbox = member.outbox
-            pending = data
-            if not outbox:  # nothing queued or in flight: order is kept
-                try:
-                    sent = member.sock.send(data, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    self.drop(member, exc.strerror)
-                    continue
-                if sent == len(data):
-                    continue
-                pending = data[sent:]
             try:
-                outbox.push(pending)
+                # MSG_DONTWAIT: a blocking socket, but this thread must never
+                # wait on another client's socket.
+                queued = write_or_queue(member.sock, member.outbox, data, socket.MSG_DONTWAIT)
+            except OSError as exc:
+                self.drop(member, exc.strerror)
             except ProtocolError as exc:
                 self.drop(member, str(exc))
-                continue
-            member.wakeup.notify()
+            else:
+                if queued:
+                    member.wakeup.notify()
 
     def write_loop(self, client: Client) -> None:
         """A member's writer: flushes its backlog, the only place a thread blocks on output."""
