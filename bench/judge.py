@@ -6,8 +6,8 @@ NEW/BASE ratio says more about the weather than the code.  Each model is read
 relative to a reference model measured in the same run at the same point, so a
 machine that is uniformly slower cancels out: ratio = (NEW/NEW_ref) /
 (BASE/BASE_ref).  A change counts only when that ratio passes a threshold AND a
-one-sided Mann-Whitney U test over the repeats (each divided by its own run's
-reference median) gives p < alpha.
+one-sided Mann-Whitney U test over the repeats (each divided by the reference's
+value in the same repeat, see _per_repeat) gives p < alpha.
 """
 
 from __future__ import annotations
@@ -96,14 +96,32 @@ def _values(trials: list[dict] | None, m: Metric) -> list[float]:
     return [max(v, m.floor) for v in (metric(t, m.path) for t in trials or ()) if v is not None]
 
 
-def _judge(cell: Cell, base: list[float], new: list[float], higher_is_worse: bool,
-           threshold: float, alpha: float) -> Cell:
-    """Fill in ratio, p and verdict from repeat values already divided by the reference."""
-    cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
-    if cell.base_median <= 0:
-        cell.verdict, cell.note = NA, "BASE median is 0"
-        return cell
-    ratio = cell.ratio = cell.new_median / cell.base_median
+def _per_repeat(trials: list[dict], ref_trials: list[dict] | None, m: Metric) -> list[float]:
+    """Each repeat's value over the reference's value in the same repeat.
+
+    Trials of one repeat are interleaved, so the reference was measured right
+    beside the model: machine drift between repeats cancels, and the
+    reference's own noise is carried into the test instead of being frozen
+    into one median (a baseline whose reference median happened to be high
+    would otherwise make every model at that point look better in it, in
+    every later comparison, confirmed or not).  A repeat whose reference has
+    no value is divided by the reference's median.
+    """
+    ref = {t["repeat"]: max(v, m.floor) for t in ref_trials or ()
+           if (v := metric(t, m.path)) is not None}
+    median = statistics.median(ref.values())  # > 0: checked by the caller
+    out = []
+    for t in trials:
+        value, own = metric(t, m.path), ref.get(t["repeat"])
+        if value is not None:
+            out.append(max(value, m.floor) / (own if own and own > 0 else median))
+    return out
+
+
+def _judge(cell: Cell, ratio: float, base: list[float], new: list[float],
+           higher_is_worse: bool, threshold: float, alpha: float) -> Cell:
+    """Verdict from the ratio of medians and a one-sided Mann-Whitney test on the repeats."""
+    cell.ratio = ratio
     direction = "greater" if ratio >= 1 else "less"
     cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
     if 1 / threshold < ratio < threshold:
@@ -134,14 +152,21 @@ def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
         if not base or not new:
             cell.note = f"{m.label} missing in {'NEW' if base else 'BASE'}"
             continue
+        cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
+        ratio = cell.new_median / cell.base_median if cell.base_median > 0 else None
         if comparison.reference and m.normalised:
             ref_b, ref_n = _values(base_ref, m), _values(new_ref, m)
             if not ref_b or not ref_n or min(map(statistics.median, (ref_b, ref_n))) <= 0:
                 cell.note = f"no {comparison.reference} {m.label} to normalise by"
                 continue
-            base = [v / statistics.median(ref_b) for v in base]
-            new = [v / statistics.median(ref_n) for v in new]
-        _judge(cell, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
+            # (NEW/NEW_ref) / (BASE/BASE_ref), on the medians
+            ratio = ratio and ratio * statistics.median(ref_b) / statistics.median(ref_n)
+            base = _per_repeat(base_trials, base_ref, m)
+            new = _per_repeat(new_trials, new_ref, m)
+        if ratio is None:
+            cell.note = "BASE median is 0"
+            continue
+        _judge(cell, ratio, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
     return cells
 
 
