@@ -34,6 +34,18 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _cell(report: dict, model: str, metric: str) -> dict:
+    return next(c for c in report["cells"] if c["model"] == model and c["metric"] == metric
+                and c["scenario"] == "echo_clients")
+
+
+def _cpu(results: dict, **per_model: list[float]) -> dict:
+    """A copy with echo_clients CPU/msg of each named model set repeat by repeat."""
+    for model, values in per_model.items():
+        results = fake.set_values(results, "echo_clients", model, CPU, values)
+    return results
+
+
 def _verdicts(report: dict, verdict: str) -> list[tuple]:
     return [(c["scenario"], c["model"], c["x"], c["metric"])
             for c in report["cells"] if c["verdict"] == verdict]
@@ -107,18 +119,15 @@ def test_memory_is_compared_as_measured_with_a_noise_floor(tmp_path, base, rerun
 def test_a_significant_change_under_the_threshold_is_noise(tmp_path, base):
     # Every repeat 1.2x its base counterpart: significant, but smaller than 1.25.
     status, report = _compare(tmp_path, base, fake.scale(base, "thread", CPU, 1.2))
-    cell = next(c for c in report["cells"]
-                if c["model"] == "thread" and c["metric"] == "cpu_per_msg_us")
+    cell = _cell(report, "thread", "cpu_per_msg_us")
     assert status == 0 and cell["verdict"] == "noise"
     assert cell["p_value"] < 0.01 and cell["ratio"] == pytest.approx(1.2)
 
 
 def test_a_large_but_inconsistent_change_is_noise(tmp_path, base):
-    old = fake.set_values(base, "echo_clients", "thread", CPU, [10, 11, 12, 13, 14])
-    new = fake.set_values(base, "echo_clients", "thread", CPU, [8, 9, 16, 17, 18])
-    status, report = _compare(tmp_path, old, new)
-    cell = next(c for c in report["cells"]
-                if c["model"] == "thread" and c["metric"] == "cpu_per_msg_us")
+    status, report = _compare(tmp_path, _cpu(base, thread=[10, 11, 12, 13, 14]),
+                              _cpu(base, thread=[8, 9, 16, 17, 18]))
+    cell = _cell(report, "thread", "cpu_per_msg_us")
     assert status == 0 and cell["verdict"] == "noise"
     assert cell["ratio"] > 1.25 and cell["p_value"] > 0.01
 
@@ -127,13 +136,10 @@ def test_each_repeat_is_read_against_the_reference_beside_it(tmp_path, base):
     # Measured (echo_size, uvloop against epoll, CPU/msg in us, 16:38 and 16:54 runs):
     # the baseline's epoll was high in three repeats.  Against its median every new
     # repeat looks worse (p = 0.004); repeat by repeat the spread shows and it is noise.
-    old = fake.set_values(base, "echo_clients", "thread", CPU, [16.1, 16.8, 17.4, 16.4, 19.5])
-    old = fake.set_values(old, "echo_clients", "epoll", CPU, [25.6, 19.3, 18.0, 23.8, 25.7])
-    new = fake.set_values(base, "echo_clients", "thread", CPU, [26.4, 19.6, 22.9, 24.2, 22.3])
-    new = fake.set_values(new, "echo_clients", "epoll", CPU, [24.3, 16.3, 16.6, 33.0, 22.1])
+    old = _cpu(base, thread=[16.1, 16.8, 17.4, 16.4, 19.5], epoll=[25.6, 19.3, 18.0, 23.8, 25.7])
+    new = _cpu(base, thread=[26.4, 19.6, 22.9, 24.2, 22.3], epoll=[24.3, 16.3, 16.6, 33.0, 22.1])
     status, report = _compare(tmp_path, old, new)
-    cell = next(c for c in report["cells"]
-                if c["model"] == "thread" and c["metric"] == "cpu_per_msg_us")
+    cell = _cell(report, "thread", "cpu_per_msg_us")
     assert status == 0 and cell["verdict"] == "noise"
     assert cell["ratio"] > 1.25 and cell["p_value"] > 0.01
 
@@ -165,7 +171,7 @@ def test_a_point_with_only_invalid_trials_in_new_is_not_a_regression(tmp_path, b
     _mark(rerun, "poll", "invalid", "load generator fell behind its send schedule")
     status, report = _compare(tmp_path, base, rerun)
     assert status == 0
-    cell = next(c for c in report["cells"] if c["model"] == "poll" and c["metric"] == "status")
+    cell = _cell(report, "poll", "status")
     assert cell["verdict"] == "n/a" and cell["note"] == "only invalid trials in NEW"
 
 
