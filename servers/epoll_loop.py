@@ -40,11 +40,18 @@ class EpollServer(Reactor):
 
     def serve_forever(self) -> None:
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
-        dispatch = self.dispatch
-        poll = self.epoll.poll
+        dispatch, on_readable, conns = self.dispatch, self.on_readable, self.conns
+        poll, only_in = self.epoll.poll, select.EPOLLIN
         while True:
             for fd, events in poll():
-                dispatch(fd, events & readable, events & select.EPOLLOUT)
+                # The common report -- a client has bytes, nothing else -- is
+                # handled here: a call less per message, a few percent of a
+                # 64-byte echo.  Everything else goes through dispatch().
+                conn = conns.get(fd)
+                if events == only_in and conn is not None:
+                    on_readable(conn)
+                else:
+                    dispatch(fd, events & readable, events & select.EPOLLOUT)
 
     def close_all(self) -> None:
         super().close_all()

@@ -171,8 +171,15 @@ class Reactor:
                 keys, out = delivery
                 for fd in keys:
                     target = conns.get(fd)
-                    if target is not None:
-                        self.send(target, out)
+                    if target is None:
+                        continue
+                    try:
+                        if write_or_queue(target.sock, target.outbox, out):
+                            self.refresh(target)  # a backlog: watch for writability
+                    except OSError as exc:  # the peer is gone
+                        self.close(target, exc.strerror)
+                    except ProtocolError as exc:  # past the output limit
+                        self.close(target, str(exc))
             if not self.drain or conns.get(conn.fd) is not conn or not self.reading(conn):
                 return
 
@@ -184,17 +191,6 @@ class Reactor:
             self.refresh(conn)
         else:
             self.close(conn)
-
-    def send(self, conn: Connection, data: bytes) -> None:
-        try:
-            queued = write_or_queue(conn.sock, conn.outbox, data)
-        except OSError as exc:  # the peer is gone
-            self.close(conn, exc.strerror)
-        except ProtocolError as exc:  # past the output limit
-            self.close(conn, str(exc))
-        else:
-            if queued:
-                self.refresh(conn)
 
     def on_writable(self, conn: Connection) -> None:
         outbox = conn.outbox
