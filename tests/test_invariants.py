@@ -130,6 +130,14 @@ def test_sparse_scaling_needs_both_points(healthy):
     assert len(invariants.check_sparse_scaling(broken)) == 3
 
 
+def test_sparse_scaling_reads_a_trial_whose_generator_saturated(healthy):
+    saturated = _edit(healthy, "sparse", "select", _set("status", "invalid"), x=10)
+    assert invariants.check_sparse_scaling(saturated) == []
+    failed = _edit(healthy, "sparse", "select", _set("status", "failed"), x=10)
+    assert invariants.check_sparse_scaling(failed) == [
+        "sparse: no select CPU/msg at both 10 and 1000 idle fds"]
+
+
 @pytest.mark.parametrize("model, value", [("thread", 2_000.0), ("fork", 20_000.0),
                                           ("epoll", 50_000.0)])
 def test_memory_order_catches(healthy, model, value):
