@@ -143,7 +143,7 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
     except OSError as exc:
         raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -157,6 +157,11 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
         raise ResultsError(f"{path}: unknown run status {data['status']!r}")
     if not isinstance(data["trials"], list) or not isinstance(data["scenarios"], dict):
         raise ResultsError(f"{path}: 'trials' must be a list and 'scenarios' an object")
+    if not isinstance(data["environment"], dict):
+        raise ResultsError(f"{path}: 'environment' must be an object")
+    for name, meta in data["scenarios"].items():
+        if not isinstance(meta, dict):
+            raise ResultsError(f"{path}: scenario {name!r} must be an object")
     for index, trial in enumerate(data["trials"]):
         where = f"{path}: trial {index}"
         if not isinstance(trial, dict):
@@ -164,7 +169,30 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
         _require(trial, TRIAL_KEYS, where)
         if trial["status"] not in TRIAL_STATUSES:
             raise ResultsError(f"{where}: unknown status {trial['status']!r}")
+        _check_types(trial, TRIAL_TYPES, where)
     return data
+
+
+# What every reader of a trial relies on, beyond the keys being there.
+TRIAL_TYPES: dict[str, tuple[type, ...]] = {
+    "scenario": (str,), "model": (str,), "protocol": (str,), "point": (dict,),
+    "repeat": (int,), "reason": (str, type(None)),
+    "server": (dict, type(None)), "derived": (dict, type(None)), "load": (dict, type(None)),
+}
+
+
+def _check_types(obj: dict, types: dict[str, tuple[type, ...]], where: str) -> None:
+    for key, allowed in types.items():
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ResultsError(f"{where}: {key!r} must be {names}, not {value!r}")
+
+
+def _reject_constant(name: str) -> float:
+    # json accepts NaN and Infinity, which no measurement produces and no
+    # table or plot can show: a file holding them was damaged.
+    raise ValueError(f"{name} is not a number a run can hold")
 
 
 def _require(obj: dict, keys: Iterable[str], where: str) -> None:

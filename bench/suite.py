@@ -178,9 +178,21 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
                "environment": env, "scenarios": scenarios,
                "trials": []}
     path = run_dir / "results.json"
-    write_results_atomic(path, results)
+
+    def save() -> None:
+        try:
+            write_results_atomic(path, results)
+        except OSError as exc:
+            raise _Unwritable(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    try:
+        save()
+    except _Unwritable as exc:
+        print(f"muxbench bench: {exc}", file=sys.stderr)
+        return 2
     point_latest(out, run_dir)
     previous = _install_interrupt()
+    error: str | None = None
     own_cpus = os.sched_getaffinity(0)
     runner = Runner(specs, where, use_cgroup=not args.no_cgroup)
     try:
@@ -197,10 +209,13 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
                              "competes with the server and the load generator")
             for index in range(len(specs)):
                 results["trials"].append(runner.run(index, display))
-                write_results_atomic(path, results)
+                save()
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
+    except _Unwritable as exc:  # the run directory went away or turned read-only
+        results["status"] = "interrupted"
+        error = str(exc)
     finally:
         runner.close()
         procs.kill_all()
@@ -208,13 +223,24 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
         os.sched_setaffinity(0, own_cpus)
         results["finished_at"] = utc_now()
         env["loadavg_after"] = loadavg()
-        write_results_atomic(path, results)
+        if error is None:
+            try:
+                save()
+            except _Unwritable as exc:
+                error = str(exc)
         _restore(previous)
+    if error is not None:
+        print(f"muxbench bench: {error}", file=sys.stderr)
+        return 2
     Display(0).console.print(summary_table(results))
     failed = sum(t["status"] != "ok" for t in results["trials"])
     print(f"muxbench bench: {results['status']}: {len(results['trials'])} trials "
           f"({failed} not ok) in {path}", file=sys.stderr)
     return 130 if results["status"] == "interrupted" else 0
+
+
+class _Unwritable(Exception):
+    """results.json cannot be written: the run ends with what is already saved."""
 
 
 def _cpu_accounting(disabled: bool) -> str:

@@ -202,9 +202,6 @@ def test_results_directory_lost_mid_run_keeps_trials_and_leaves_nothing(lost_dir
     assert alive(lost_directory_run["seen"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bench/suite.py: an OSError from write_results_atomic after a trial (run directory "
-    "gone or unwritable) escapes as a traceback, raised again from the finally block"))
 def test_results_directory_lost_mid_run_is_one_clear_line(lost_directory_run):
     err = lost_directory_run["stderr"]
     assert "Traceback" not in err, err[-2000:]
@@ -260,17 +257,7 @@ CORRUPTIONS = {
     "environment is a list": lambda d: d.__setitem__("environment", []),
     "trial load is a list": _trial0("load", []),
 }
-# Each of these escapes main() as an exception today (found by this test; see the reason).
-UNVALIDATED = ("bench/results.py load_results checks that trial keys exist but not their "
-               "types, nor that scenario entries are objects, and accepts NaN/Infinity")
-CRASHES = {("report", "trial model is null"), ("report", "trial protocol is an object"),
-           ("report", "trial scenario is a list"), ("report", "server cpu_util is Infinity"),
-           ("compare", "trial model is null"), ("compare", "trial protocol is an object"),
-           ("compare", "trial scenario is a list"), ("compare", "trial point is a number"),
-           ("compare", "scenario entry is a string")}
-CASES = [pytest.param(name, what, marks=[pytest.mark.xfail(strict=True, reason=UNVALIDATED)]
-                      if (name, what) in CRASHES else [])
-         for what in CORRUPTIONS for name in COMMANDS]
+CASES = [(name, what) for what in CORRUPTIONS for name in COMMANDS]
 
 
 @pytest.mark.parametrize(("name", "what"), CASES)
@@ -297,7 +284,6 @@ def _paths(obj, prefix: tuple = ()):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=UNVALIDATED)
 def test_randomly_corrupted_results_never_crash_compare(tmp_path):
     """200 seeded corruptions: any value replaced by a wrong type, or a key deleted."""
     base = fake.healthy_run(repeats=2)
