@@ -17,7 +17,11 @@ from loadgen.record import new_samples
 LATE_NS = 1_000_000
 # A run is invalid when more than this fraction of the sends that only the
 # generator could have delayed went out late: it could not keep its schedule.
-MAX_SELF_LATE_FRACTION = 0.01
+# A generator that saturates falls further behind with every send, so most
+# sends go out late; a quiet 2-vCPU VM, pinned and otherwise idle, still
+# delays 0-1.5 % of sends past 1 ms (scheduler and timer jitter).  5 % keeps
+# the first out of the results without discarding the second.
+MAX_SELF_LATE_FRACTION = 0.05
 
 
 class Arrivals:
