@@ -74,9 +74,13 @@ class EchoWorker(Worker):
         for fd, (_, sock) in waiting.items():
             sock.send(PROBE)
             self.ep.register(fd, IN)
+        # A server that forks per client answers the probes one by one, a few
+        # milliseconds apart: give up only when no answer came for a whole
+        # connect timeout, not when the first thousand take longer than one.
         deadline = time.monotonic() + self.plan.connect_timeout
         while waiting and time.monotonic() < deadline:
             for fd, _ in self.ep.poll(max(0.0, deadline - time.monotonic())):
+                deadline = time.monotonic() + self.plan.connect_timeout
                 cid, sock = waiting.pop(fd)
                 self.ep.unregister(fd)
                 try:
