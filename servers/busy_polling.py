@@ -24,7 +24,7 @@ class PollingServer(Reactor):
         for conn in list(self.conns.values()):
             if conn.outbox:
                 self.on_writable(conn)
-            if self.conns.get(conn.fd) is conn and self.reading(conn):
+            if self.conns.get(conn.fd) is conn:  # on_readable skips a paused one
                 self.on_readable(conn)
 
     def serve_forever(self) -> None:

@@ -9,13 +9,12 @@ arguments or an address that cannot be listened on.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 
 from servers import shutdown
 from servers.models import MODELS, Options
-from servers.net import ListenError, format_address, raise_nofile_limit, tcp_listen
+from servers.net import ListenError, format_address, is_loopback, raise_nofile_limit, tcp_listen
 from servers.protocol import PROTOCOLS, Limits
 
 log = logging.getLogger("muxbench.serve")
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"muxbench serve: {exc}", file=sys.stderr)
         return 2
-    if not _is_loopback_literal(listener.getsockname()[0]):
+    if not is_loopback(listener.getsockname()[0]):
         log.warning("bound to %s, which is not a loopback address: reachable from the network",
                     format_address(listener.getsockname()))
     limits = Limits(max_line=args.max_line, max_output=args.max_output,
@@ -97,7 +96,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         listener.close()
     return 0
-
-
-def _is_loopback_literal(host: str) -> bool:
-    return ipaddress.ip_address(host.split("%")[0]).is_loopback
