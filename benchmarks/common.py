@@ -6,17 +6,45 @@ another, runs fresh processes, and kills every process group it started.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
 sys.path.insert(0, str(ROOT))
 
 from loadgen.native import echo_client_command  # noqa: E402
 from servers.reference import reference_server_command  # noqa: E402
+
+T = TypeVar("T")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every speed script takes: how many interleaved rounds, how long, what load."""
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--duration", type=float, default=1.0,
+                        help="seconds per client run (default 1)")
+    parser.add_argument("--conns", type=int, default=50, help="connections (default 50)")
+    parser.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
+
+
+def interleaved(contestants: dict[str, T], rounds: int,
+                measure: Callable[[T], float]) -> Iterator[dict[str, float]]:
+    """Measure every contestant once per round, the order reversed every other round.
+
+    Drift on a shared machine (another tenant, a frequency change) then hits
+    each contestant alike, and a ratio taken within one round cancels it.
+    """
+    names = list(contestants)
+    for round_ in range(rounds):
+        order = names if round_ % 2 == 0 else names[::-1]
+        yield {name: measure(contestants[name]) for name in order}
 
 
 def pinned(cpu: int):

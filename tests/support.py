@@ -51,17 +51,24 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
-@contextlib.contextmanager
 def serve(model: str, protocol: str = "echo", *extra: str, preexec_fn=None,
-          ready_timeout: float = 10.0) -> Iterator[ServerProcess]:
+          ready_timeout: float = 10.0) -> contextlib.AbstractContextManager[ServerProcess]:
     """Run `muxbench serve MODEL` in its own process group; kill the group on exit."""
+    return listening([*MUXBENCH, "serve", model, "--protocol", protocol, *extra],
+                     preexec_fn=preexec_fn, ready_timeout=ready_timeout)
+
+
+@contextlib.contextmanager
+def listening(argv: list[str], preexec_fn=None,
+              ready_timeout: float = 10.0) -> Iterator[ServerProcess]:
+    """Run a server that prints "listening on HOST:PORT" first, in its own
+    process group; kill the group on exit."""
     with tempfile.NamedTemporaryFile(prefix="muxbench-serve-", suffix=".log",
                                      delete=False) as err:
         stderr_path = Path(err.name)
     with open(stderr_path, "wb") as err_file:
         proc = subprocess.Popen(
-            [*MUXBENCH, "serve", model, "--protocol", protocol, *extra],
-            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+            argv, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
             start_new_session=True, preexec_fn=preexec_fn,
         )
     try:
