@@ -107,7 +107,9 @@ class Acceptor:
         return None, addr
 
     def close(self) -> None:
-        os.close(self._spare)
+        if self._spare >= 0:  # twice is harmless: a second close could hit a reused fd
+            os.close(self._spare)
+            self._spare = -1
 
 
 def at_capacity(max_clients: int | None, serving: int, peer: str) -> bool:

@@ -107,8 +107,15 @@ class Reactor:
             self.on_readable(conn)
 
     def close_all(self) -> None:
-        for conn in list(self.conns.values()):
-            self.close(conn)
+        """Shutting down: close every socket.
+
+        Nothing is unwatched one by one -- the mechanism goes down whole after
+        this -- and that matters: Shutdown is raised wherever the signal finds
+        the loop, so a connection may be in `conns` but not yet watched.
+        """
+        for conn in self.conns.values():
+            conn.sock.close()
+        self.conns.clear()
         self.acceptor.close()
 
     def on_acceptable(self) -> None:
