@@ -50,6 +50,12 @@ class Reactor:
     #: left behind -- i.e. epoll with EPOLLET, and SIGIO.
     drain = False
 
+    #: In drain mode, reads one report may take before its connection yields
+    #: (1 MiB at RECV_SIZE).  Reading until EAGAIN in one go lets a client that
+    #: sends without pause hold the loop for as long as it likes; epoll(7)'s
+    #: answer is a ready list served round robin, which `unfinished` is.
+    DRAIN_READS = 16
+
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         set_nonblocking(listener)  # a reset between readiness and accept must not hang us
         self.listener = listener
@@ -59,6 +65,9 @@ class Reactor:
         self.limits: Limits = protocol.limits
         self.pause_reading = protocol.pause_reading_while_backlogged
         self.conns: dict[int, Connection] = {}
+        # Drain mode: connections left readable when their read budget ran out.
+        # No new report will come for that data, so the loop must come back.
+        self.unfinished: dict[int, Connection] = {}
         self.acceptor = Acceptor(listener)
 
     # -- the mechanism: what a model fills in ---------------------------------
@@ -158,6 +167,7 @@ class Reactor:
         recv = conn.sock.recv
         receive = self.protocol.receive
         conns = self.conns
+        reads = 0
         while True:
             try:
                 data = recv(RECV_SIZE)
@@ -189,6 +199,17 @@ class Reactor:
                         self.close(target, str(exc))
             if not self.drain or conns.get(conn.fd) is not conn or not self.reading(conn):
                 return
+            reads += 1
+            if reads == self.DRAIN_READS:
+                self.unfinished[conn.fd] = conn
+                return
+
+    def read_unfinished(self) -> None:
+        """Come back, once round, to the connections whose read budget ran out."""
+        unfinished, self.unfinished = self.unfinished, {}
+        for fd, conn in unfinished.items():
+            if self.conns.get(fd) is conn:  # not closed (nor its fd reused) meanwhile
+                self.on_readable(conn)
 
     def on_eof(self, conn: Connection) -> None:
         """The client half-closed: flush what is queued for it, then close."""

@@ -46,5 +46,7 @@ class SigioServer(PollingServer):
 
     def serve_forever(self) -> None:
         while True:
+            self.unfinished.clear()  # the sweep reads every connection anyway
             self.sweep()
-            signal.sigwaitinfo({signal.SIGIO})
+            if not self.unfinished:  # else data is waiting that raises no SIGIO
+                signal.sigwaitinfo({signal.SIGIO})

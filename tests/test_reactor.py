@@ -15,6 +15,7 @@ import pytest
 
 from servers.epoll_loop import EdgeTriggeredEpollServer
 from servers.models import Options
+from servers.net import RECV_SIZE
 from servers.protocol import Echo, Limits
 from servers.shutdown import Shutdown
 
@@ -30,6 +31,49 @@ def edge_triggered() -> Iterator[EdgeTriggeredEpollServer]:
         server.close_all()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def queued(sock: socket.socket) -> int:
+    """Bytes waiting to be read on sock, read and counted without blocking."""
+    total = 0
+    while True:
+        try:
+            total += len(sock.recv(1 << 20, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return total
+
+
+def test_one_report_reads_at_most_its_budget_and_the_loop_comes_back(edge_triggered):
+    server = edge_triggered
+    server.DRAIN_READS = 2
+    client, served = socket.socketpair()
+    with client:
+        conn = server.register(served, "hog")
+        for _ in range(3):  # three reads' worth, queued before the report is handled
+            client.sendall(b"h" * RECV_SIZE)
+
+        server.on_readable(conn)  # one edge-triggered report
+        assert server.unfinished == {conn.fd: conn}  # budget spent, data left: on the list
+        assert queued(client) == 2 * RECV_SIZE
+
+        server.read_unfinished()  # the loop's next round
+        assert server.unfinished == {}  # read to EAGAIN this time
+        assert queued(client) == RECV_SIZE
+
+
+def test_a_connection_closed_while_on_the_ready_list_is_not_read(edge_triggered):
+    server = edge_triggered
+    server.DRAIN_READS = 1
+    client, served = socket.socketpair()
+    with client:
+        conn = server.register(served, "hog")
+        client.sendall(b"h" * 2 * RECV_SIZE)
+        server.on_readable(conn)
+        assert conn.fd in server.unfinished
+        server.close(conn, "gone")
+        server.read_unfinished()  # must not touch the closed socket
+        assert server.unfinished == {}
+        assert conn.sock.fileno() == -1
 
 
 def test_shutdown_closes_a_connection_the_signal_caught_half_registered(edge_triggered):

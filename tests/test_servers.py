@@ -95,6 +95,38 @@ def test_half_close_gets_everything_back_then_close(model, protocol):
         assert got == expected
 
 
+def test_a_client_sending_without_pause_does_not_starve_the_others(model):
+    """epoll(7)'s warning: a loop that drains one fd until EAGAIN while its
+    client keeps sending serves nobody else.  Each ping must come back while
+    the flood goes on, well within the bound (milliseconds, in practice)."""
+    with serve(model, "echo") as server:
+        hog, other = server.connect(timeout=10), server.connect(timeout=10)
+        stop = threading.Event()
+
+        def flood() -> None:
+            chunk = b"h" * (1 << 20)
+            while not stop.is_set():
+                hog.sendall(chunk)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        drainer, _ = read_concurrently(hog, 1 << 62)  # reads until the server closes
+        with hog, other:
+            exchange(server, "echo", other, b"seated")
+            flooder.start()
+            try:
+                time.sleep(0.2)  # the flood is under way
+                for i in range(5):
+                    started = time.monotonic()
+                    exchange(server, "echo", other, b"ping %d" % i)
+                    assert time.monotonic() - started < 2.0, "starved by the flooding client"
+                    assert flooder.is_alive()
+            finally:
+                stop.set()
+                flooder.join(10)
+                hog.shutdown(socket.SHUT_WR)
+                drainer.join(10)
+
+
 def test_reset_mid_traffic_does_not_hurt_the_others(model, protocol):
     with serve(model, protocol) as server, server.connect() as steady:
         for _ in range(20):
