@@ -139,3 +139,22 @@ def round_trip(sock: socket.socket, payload: bytes) -> bytes:
 def test_echo_round_trip_epoll(benchmark, echo_conn):
     payload = bytes(range(64))
     assert benchmark(round_trip, echo_conn, payload) == payload
+
+
+# -- the price of EAGAIN: what an edge-triggered loop pays once per report -------------
+
+
+def failed_recv(sock: socket.socket) -> bool:
+    """One recv on an empty non-blocking socket, as a drain loop ends; True if it failed."""
+    try:
+        sock.recv(65536)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def test_recv_that_fails_with_eagain(benchmark):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        assert benchmark(failed_recv, a)
