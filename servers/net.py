@@ -107,7 +107,7 @@ class Acceptor:
         return None, addr
 
     def close(self) -> None:
-        if self._spare >= 0:  # twice is harmless: a second close could hit a reused fd
+        if self._spare >= 0:  # once only: a second os.close could hit the fd's next owner
             os.close(self._spare)
             self._spare = -1
 

@@ -7,7 +7,8 @@ server sleeps in sigwaitinfo() until one comes, then sweeps its sockets.
 Two facts shape the loop.  Standard signals coalesce, and Python's siginfo
 carries no si_fd, so a SIGIO says only "something happened": every wake-up
 rescans every socket, O(N), and drains each until EAGAIN (a SIGIO is an edge:
-data left behind would never raise another).  And SIGIO stays blocked the
+data left behind would never raise another) -- or until its read budget is
+spent, and then sweeps again before sleeping.  And SIGIO stays blocked the
 whole time, so one that arrives during a sweep waits, pending, for the next
 sigwaitinfo(): no wake-up is lost and none is taken asynchronously mid-update.
 """
