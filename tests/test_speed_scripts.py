@@ -24,6 +24,8 @@ FLOOR = ROOT / "benchmarks" / "floor"
 FLOOR_SERVER = [sys.executable, str(FLOOR / "echo_server.py"), "--port", "0"]
 
 needs_cc = pytest.mark.skipif(reference_server_command() is None, reason="no C compiler")
+needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                    reason="server and client each need a CPU")
 
 
 def floor_client(port: int, *extra: str) -> tuple[int, dict[str, float]]:
@@ -76,6 +78,7 @@ def test_floor_client_counts_what_went_wrong_as_errors(fault, fewest, most):
 
 
 @needs_cc
+@needs_two_cpus
 @pytest.mark.parametrize("script, verdict", [
     ("server_cpu.py", "epoll: median CPU per message"),
     ("loadgen_rate.py", "median ratio muxbench load / C client"),
