@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -137,3 +138,46 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+# -- running `muxbench load` ------------------------------------------------------
+
+# Options that keep a test's load run short: no warm-up, a brief drain, one worker.
+FAST = ("--warmup", "0", "--drain", "0.5", "--procs", "1")
+
+
+@dataclass
+class LoadRun:
+    status: int
+    out: dict | None
+    stdout: str
+    stderr: str
+
+
+def run_load(port: int, *args: str, timeout: float = 60.0, json_out: bool = True) -> LoadRun:
+    """Run `muxbench load` against 127.0.0.1:port; parse its JSON when asked for."""
+    argv = [*MUXBENCH, "load", "--port", str(port), *args] + (["--json"] if json_out else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    parsed = json.loads(stdout) if json_out and stdout.strip() else None
+    return LoadRun(proc.returncode, parsed, stdout, stderr)
+
+
+MARKERS = ("muxbench load: window start", "muxbench load: window end")
+
+
+def problem_lines(run: LoadRun) -> list[str]:
+    """stderr without the two window markers: the one-line diagnosis, if any."""
+    lines = [line for line in run.stderr.splitlines() if line not in MARKERS]
+    assert all(line.startswith("muxbench load: ") for line in lines), run.stderr
+    return lines
+
+
+def assert_clean_exit(run: LoadRun) -> None:
+    """Exit 0, unless the run was only flagged invalid (a busy shared machine can
+    saturate the generator; that is reported, and is not what these tests check)."""
+    assert run.status == (0 if run.out["valid"] else 1), run.stderr

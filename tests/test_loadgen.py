@@ -1,188 +1,21 @@
 """The load generator against servers that misbehave on purpose, and against real ones.
 
-The misbehaving servers (below) are deliberately simple -- a thread per
-connection, blocking sockets -- and message-aware: they read whole messages of
-a known size, so they can drop, damage, repeat, swap or delay exactly one of
-them, and each test demands that `muxbench load` report exactly that.
+Each misbehaving server (tests/faulty_servers.py) drops, damages, repeats,
+swaps or delays exactly one message, and each test demands that `muxbench
+load` report exactly that.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import socket
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from loadgen.integrity import Pattern, chat_line, parse_chat_line
-from tests.support import MUXBENCH, ROOT, kill_group, recv_exactly
-
-
-@dataclass
-class LoadRun:
-    status: int
-    out: dict | None
-    stdout: str
-    stderr: str
-
-
-def run_load(port: int, *args: str, timeout: float = 60.0, json_out: bool = True) -> LoadRun:
-    """Run `muxbench load` against 127.0.0.1:port; parse its JSON when asked for."""
-    argv = [*MUXBENCH, "load", "--port", str(port), *args] + (["--json"] if json_out else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        kill_group(proc)
-    parsed = json.loads(stdout) if json_out and stdout.strip() else None
-    return LoadRun(proc.returncode, parsed, stdout, stderr)
-
-
-# A fault: called with (connection index, message index, message) -> what to send back
-# (a list of byte strings, possibly empty; it may sleep first), or None: die now.
-Fault = Callable[[int, int, bytes], list[bytes] | None]
-
-
-@dataclass
-class FaultyServer:
-    """An echo server (message size `size`) that applies `fault` to what it echoes."""
-
-    size: int
-    fault: Fault
-    probe: bool = True  # echo workloads open with a one-byte probe; churn does not
-    listener: socket.socket = field(init=False)
-    peers: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _socks: list[socket.socket] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def port(self) -> int:
-        return self.listener.getsockname()[1]
-
-    def start(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.listener.settimeout(0.05)
-        self._spawn(self._accept_loop)
-
-    def _spawn(self, target: Callable, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        index = 0
-        while not self._stop.is_set():
-            try:
-                sock, addr = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self._socks.append(sock)
-                self.peers.append(addr[0])
-            self._spawn(self._serve, sock, index)
-            index += 1
-
-    def _serve(self, sock: socket.socket, conn: int) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        seq = 0
-        with contextlib.suppress(OSError):
-            if self.probe:
-                sock.sendall(recv_exactly(sock, 1))
-            while not self._stop.is_set():
-                message = recv_exactly(sock, self.size)
-                if len(message) < self.size:
-                    break
-                reply = self.fault(conn, seq, message)
-                if reply is None:
-                    self.close_all()
-                    break
-                for chunk in reply:
-                    sock.sendall(chunk)
-                seq += 1
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def close_all(self) -> None:
-        """Die mid-run: stop listening and reset every connection."""
-        self._stop.set()
-        self.listener.close()
-        with self._lock:
-            for sock in self._socks:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        self.close_all()
-        for thread in self._threads:
-            thread.join(5)
-
-
-@contextlib.contextmanager
-def faulty_server(size: int, fault: Fault) -> Iterator[FaultyServer]:
-    server = FaultyServer(size, fault)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
+from tests.faulty_servers import at, echo, faulty_server, flipping
+from tests.support import FAST, assert_clean_exit, problem_lines, run_load
 
 SIZE = 64
-FAST = ("--warmup", "0", "--drain", "0.5", "--procs", "1")
-
-
-def echo(conn: int, seq: int, message: bytes) -> list[bytes]:
-    return [message]
-
-
-def at(target: int, then: Callable[[bytes], list[bytes] | None]) -> Fault:
-    """Apply `then` to message `target` of the first connection; echo everything else."""
-    def fault(conn: int, seq: int, message: bytes) -> list[bytes] | None:
-        return then(message) if (conn, seq) == (0, target) else [message]
-    return fault
-
-
-def flipping(position: int) -> Callable[[bytes], list[bytes]]:
-    def flip(message: bytes) -> list[bytes]:
-        damaged = bytearray(message)
-        damaged[position] ^= 0x01
-        return [bytes(damaged)]
-    return flip
-
-
-MARKERS = ("muxbench load: window start", "muxbench load: window end")
-
-
-def problem_lines(run: LoadRun) -> list[str]:
-    """stderr without the two window markers: the one-line diagnosis, if any."""
-    lines = [line for line in run.stderr.splitlines() if line not in MARKERS]
-    assert all(line.startswith("muxbench load: ") for line in lines), run.stderr
-    return lines
-
-
-def assert_clean_exit(run: LoadRun) -> None:
-    """Exit 0, unless the run was only flagged invalid (a busy shared machine can
-    saturate the generator; that is reported, and is not what these tests check)."""
-    assert run.status == (0 if run.out["valid"] else 1), run.stderr
 
 
 def counts(out: dict) -> dict:

@@ -14,15 +14,18 @@ import time
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from tests.support import MUXBENCH, ROOT, kill_group, process_tree, serve
-from tests.test_loadgen import (
+from tests.faulty_servers import FaultyServer, echo
+from tests.support import (
     FAST,
     MARKERS,
-    FaultyServer,
+    MUXBENCH,
+    ROOT,
     assert_clean_exit,
-    echo,
+    kill_group,
     problem_lines,
+    process_tree,
     run_load,
+    serve,
 )
 
 CONTRACT_KEYS = {

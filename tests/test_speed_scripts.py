@@ -17,8 +17,8 @@ import sys
 import pytest
 
 from servers.reference import reference_server_command
+from tests.faulty_servers import FaultyServer, at, echo, flipping
 from tests.support import ROOT, listening, process_tree, recv_exactly
-from tests.test_loadgen import FaultyServer, at, echo, flipping
 
 FLOOR = ROOT / "benchmarks" / "floor"
 FLOOR_SERVER = [sys.executable, str(FLOOR / "echo_server.py"), "--port", "0"]
