@@ -19,19 +19,40 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
 sys.path.insert(0, str(ROOT))
 
+from loadgen.cli import number_in  # noqa: E402
+from loadgen.integrity import ECHO_MIN_SIZE  # noqa: E402
 from loadgen.native import echo_client_command  # noqa: E402
 from servers.reference import reference_server_command  # noqa: E402
 
 T = TypeVar("T")
 
 
+def run_main(name: str, main: Callable[[], int]) -> None:
+    """Exit with main()'s status; a measurement that fails is one line and status 2.
+
+    A server that does not start, a client that reports errors or times out:
+    the script stops there (its finally blocks have killed what it started)
+    and says why, rather than printing a traceback.
+    """
+    try:
+        status = main()
+    except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """What every speed script takes: how many interleaved rounds, how long, what load."""
-    parser.add_argument("--pairs", type=int, default=15, help="interleaved rounds (default 15)")
-    parser.add_argument("--duration", type=float, default=1.0,
+    parser.add_argument("--pairs", type=number_in(int, 1), default=15,
+                        help="interleaved rounds (default 15)")
+    parser.add_argument("--duration", type=number_in(float, 0.1, 3600), default=1.0,
                         help="seconds per client run (default 1)")
-    parser.add_argument("--conns", type=int, default=50, help="connections (default 50)")
-    parser.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
+    parser.add_argument("--conns", type=number_in(int, 1, 10000), default=50,
+                        help="connections (default 50)")
+    # At least a muxbench load echo header; the C client needs 8 bytes.
+    parser.add_argument("--size", type=number_in(int, ECHO_MIN_SIZE, 65536), default=64,
+                        help="message size in bytes (default 64)")
 
 
 def interleaved(contestants: dict[str, T], rounds: int,

@@ -36,6 +36,7 @@ from common import (
     pinned,
     placement_and_tools,
     run_c_client,
+    run_main,
     start_server,
     stop,
 )
@@ -66,6 +67,9 @@ def run_muxbench(port: int, args: argparse.Namespace, cpu: int) -> tuple[float, 
          str(args.duration), "--warmup", "1", "--procs", "1", "--cpus", str(cpu), "--json"],
         capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(cpu),
         timeout=args.duration + 60)
+    if not out.stdout.strip():  # exit 1 with a result is a run flagged invalid; that still counts
+        raise RuntimeError(f"muxbench load gave no result (exit {out.returncode}): "
+                           f"{out.stderr.strip().splitlines()[-1:]}")
     result = json.loads(out.stdout)
     if result["errors"] or result["lost"] or result["corrupted"]:
         raise RuntimeError(f"muxbench load reported problems: {out.stderr.strip()}")
@@ -113,4 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("loadgen_rate", main)

@@ -34,9 +34,12 @@ from common import (
     interleaved,
     placement_and_tools,
     run_c_client,
+    run_main,
     start_server,
     stop,
 )
+
+from servers.models import MODELS  # importable once common has put the project on sys.path
 
 TARGET = 1.3
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -87,12 +90,18 @@ def main() -> int:
                         help="comma-separated Python models to compare with C (default epoll)")
     add_run_arguments(parser)
     args = parser.parse_args()
+    models = args.models.split(",")
+    for model in models:
+        if model not in MODELS:
+            parser.error(f"unknown model {model!r} (choose from {', '.join(MODELS)})")
+        if reason := MODELS[model].unavailable_reason():
+            parser.error(f"model {model} is unavailable: {reason}")
     server_cpu, client_cpu, c_server, client = placement_and_tools("server_cpu")
     print(f"{args.conns} connections x {args.size} B, server on CPU {server_cpu}, "
           f"C client on CPU {client_cpu}, {args.duration:g} s per run")
     floor = [sys.executable, str(FLOOR / "echo_server.py")]
     worst = 0.0
-    for model in args.models.split(","):
+    for model in models:
         servers = {"C": c_server, "floor": floor,
                    model: [sys.executable, "-m", "bench.cli", "serve", model, "-q"]}
         ratios: dict[str, list[float]] = {model: [], "floor": [], f"{model}/floor": []}
@@ -122,4 +131,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("server_cpu", main)

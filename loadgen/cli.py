@@ -36,7 +36,9 @@ class UsageError(Exception):
     pass
 
 
-def _number(kind: type, low: float, high: float | None = None):
+def number_in(kind: type, low: float, high: float | None = None):
+    """An argparse type: `kind` parsed from the text and checked to lie in [low, high]."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -65,31 +67,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add = parser.add_argument
     add("--host", metavar="HOST", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    add("--port", metavar="PORT", type=_number(int, 1, 65535), required=True, help="server port")
+    add("--port", metavar="PORT", type=number_in(int, 1, 65535), required=True, help="server port")
     add("--workload", choices=WORKLOADS, default="echo", help="default echo")
-    add("--clients", metavar="N", type=_number(int, 1), default=10,
+    add("--clients", metavar="N", type=number_in(int, 1), default=10,
         help="connections (churn: connections cycling at once) (default 10)")
-    add("--size", metavar="BYTES", type=_number(int, 1, 1 << 24), default=64,
+    add("--size", metavar="BYTES", type=number_in(int, 1, 1 << 24), default=64,
         help=f"message bytes (default 64; echo >= {ECHO_MIN_SIZE}, chat >= {CHAT_MIN_SIZE})")
-    add("--rate", metavar="MSGS_PER_S", type=_number(float, 0.001), default=None,
+    add("--rate", metavar="MSGS_PER_S", type=number_in(float, 0.001), default=None,
         help="open loop: total messages (chat: lines) per second over all clients; "
              "without it the loop is closed")
     add("--arrival", choices=("constant", "poisson"), default="constant",
         help="open-loop inter-send gaps (default constant)")
-    add("--depth", metavar="D", type=_number(int, 1, 1024), default=1,
+    add("--depth", metavar="D", type=number_in(int, 1, 1024), default=1,
         help="echo: messages in flight per connection (open loop: at most) (default 1)")
-    add("--duration", metavar="S", type=_number(float, 0.01, 3600), default=5.0,
+    add("--duration", metavar="S", type=number_in(float, 0.01, 3600), default=5.0,
         help="measurement window in seconds (default 5)")
-    add("--warmup", metavar="S", type=_number(float, 0, 600), default=1.0,
+    add("--warmup", metavar="S", type=number_in(float, 0, 600), default=1.0,
         help="seconds of load before the window opens (default 1)")
-    add("--drain", metavar="S", type=_number(float, 0, 60), default=3.0,
+    add("--drain", metavar="S", type=number_in(float, 0, 60), default=3.0,
         help="at most this long after the window, wait for replies still outstanding "
              "(default 3; ends as soon as none is)")
-    add("--procs", metavar="K", type=_number(int, 1, 256), default=None,
+    add("--procs", metavar="K", type=number_in(int, 1, 256), default=None,
         help="worker processes (default: one per CPU the generator may use)")
-    add("--active", metavar="K", type=_number(int, 1), default=1,
+    add("--active", metavar="K", type=number_in(int, 1), default=1,
         help="sparse: how many of the --clients connections ping-pong (default 1)")
-    add("--connect-timeout", metavar="S", type=_number(float, 0.01, 60), default=3.0,
+    add("--connect-timeout", metavar="S", type=number_in(float, 0.01, 60), default=3.0,
         help="seconds to wait for each connection (default 3)")
     add("--seed", metavar="N", type=int, default=1,
         help="seed of payloads and Poisson gaps (default 1)")

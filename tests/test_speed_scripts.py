@@ -106,3 +106,17 @@ def _is_speed_process(pid: str) -> bool:
     except OSError:  # gone meanwhile
         return False
     return any(b"benchmarks/floor/" in arg or b"/muxbench/echo_" in arg for arg in argv)
+
+
+@pytest.mark.parametrize("script, args, says", [
+    ("server_cpu.py", ["--models", "epoll,nosuch"], "unknown model 'nosuch'"),
+    ("server_cpu.py", ["--conns", "0"], "--conns: must be between 1 and 10000"),
+    ("loadgen_rate.py", ["--size", "4"], "--size: must be between 16 and 65536"),
+])
+def test_speed_script_refuses_bad_input_in_one_line(script, args, says):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    assert says in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""  # refused before measuring anything
