@@ -25,6 +25,7 @@ from loadgen.native import echo_client_command  # noqa: E402
 from servers.reference import reference_server_command  # noqa: E402
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def run_main(name: str, main: Callable[[], int]) -> None:
@@ -56,7 +57,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def interleaved(contestants: dict[str, T], rounds: int,
-                measure: Callable[[T], float]) -> Iterator[dict[str, float]]:
+                measure: Callable[[T], R]) -> Iterator[dict[str, R]]:
     """Measure every contestant once per round, the order reversed every other round.
 
     Drift on a shared machine (another tenant, a frequency change) then hits
@@ -66,6 +67,12 @@ def interleaved(contestants: dict[str, T], rounds: int,
     for round_ in range(rounds):
         order = names if round_ % 2 == 0 else names[::-1]
         yield {name: measure(contestants[name]) for name in order}
+
+
+def ratios(rounds: list[dict[str, R]], top: str, bottom: str,
+           value: Callable[[R], float]) -> list[float]:
+    """value(top) / value(bottom) within each round: the only ratios drift cannot bias."""
+    return [value(got[top]) / value(got[bottom]) for got in rounds]
 
 
 def pinned(cpu: int):

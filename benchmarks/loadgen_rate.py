@@ -35,6 +35,7 @@ from common import (
     interleaved,
     pinned,
     placement_and_tools,
+    ratios,
     run_c_client,
     run_main,
     start_server,
@@ -76,6 +77,15 @@ def run_muxbench(port: int, args: argparse.Namespace, cpu: int) -> tuple[float, 
     return result["throughput_msgs_s"], result["client_cpu_s"] / result["received"] * 1e6
 
 
+def rate(result: tuple[float, float]) -> float:
+    return result[0]
+
+
+def per_cpu(result: tuple[float, float]) -> float:
+    """Round trips per CPU-µs: the rate a client limited only by its own CPU would reach."""
+    return 1 / result[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
@@ -85,34 +95,33 @@ def main() -> int:
     clients = {"C": lambda port: run_client(client_cmd, port, args, client_cpu),
                "floor": lambda port: run_client(floor_cmd, port, args, client_cpu),
                "load": lambda port: run_muxbench(port, args, client_cpu)}
-    ratios: dict[str, list[float]] = {"load": [], "floor": [], "load/floor": [], "cpu": []}
+    rounds: list[dict[str, tuple[float, float]]] = []  # name -> (rate, CPU µs per message)
     server, port = start_server(server_cmd, server_cpu)
     try:
         print(f"{args.conns} connections x {args.size} B, client on CPU {client_cpu}, "
               f"C server on CPU {server_cpu}, {args.duration:g} s per run")
-        for round_, got in enumerate(interleaved(clients, args.pairs, lambda run: run(port))):
+        for got in interleaved(clients, args.pairs, lambda run: run(port)):
+            rounds.append(got)
             (c_rate, c_cpu), (f_rate, f_cpu), (py_rate, py_cpu) = (
                 got["C"], got["floor"], got["load"])
-            ratios["load"].append(py_rate / c_rate)
-            ratios["floor"].append(f_rate / c_rate)
-            ratios["load/floor"].append(py_rate / f_rate)
-            ratios["cpu"].append(c_cpu / py_cpu)
-            print(f"round {round_ + 1}: C {c_rate:>7,.0f} msg/s ({c_cpu:4.1f} µs CPU/msg)  "
+            print(f"round {len(rounds)}: C {c_rate:>7,.0f} msg/s ({c_cpu:4.1f} µs CPU/msg)  "
                   f"floor {f_rate:>7,.0f} ({f_cpu:4.1f})  "
                   f"muxbench load {py_rate:>7,.0f} ({py_cpu:4.1f})   "
-                  f"load/C {ratios['load'][-1]:.3f}", flush=True)
+                  f"load/C {py_rate / c_rate:.3f}", flush=True)
     finally:
         stop(server)
-    median = statistics.median(ratios["load"])
+    vs_c = ratios(rounds, "load", "C", rate)
+    median = statistics.median(vs_c)
     verdict = "meets" if median >= TARGET else "BELOW"
-    print(f"median ratio muxbench load / C client: {median:.3f} (min {min(ratios['load']):.3f},"
-          f" max {max(ratios['load']):.3f}; {verdict} the {TARGET}x target)")
+    print(f"median ratio muxbench load / C client: {median:.3f} (min {min(vs_c):.3f},"
+          f" max {max(vs_c):.3f}; {verdict} the {TARGET}x target)")
     # Less sensitive to other load on the machine than rates are: the rate
     # ratio the two would reach if each were limited by its own CPU.
     print(f"median CPU-per-message ratio C / muxbench load: "
-          f"{statistics.median(ratios['cpu']):.3f}")
-    print(f"  the Python floor: {statistics.median(ratios['floor']):.3f}x C's rate; "
-          f"muxbench load: {statistics.median(ratios['load/floor']):.3f}x the floor's")
+          f"{statistics.median(ratios(rounds, 'load', 'C', per_cpu)):.3f}")
+    print(f"  the Python floor: {statistics.median(ratios(rounds, 'floor', 'C', rate)):.3f}x"
+          f" C's rate; muxbench load: "
+          f"{statistics.median(ratios(rounds, 'load', 'floor', rate)):.3f}x the floor's")
     return 0 if median >= TARGET else 1
 
 

@@ -4,9 +4,9 @@ Each trial starts a fresh server pinned to one CPU and drives it with the
 minimal C echo client (loadgen/c) pinned to the other: 50 connections x 64 B,
 one message in flight each.  The server's CPU time (user + system, read from
 /proc around the client run) divided by the round trips completed is its CPU
-per message.  Trials alternate in order, pair by pair, so drift on a shared
-machine hits every contestant alike; the median of the per-pair ratios is
-printed.  Target: the epoll model spends at most 1.3x the C server's CPU per
+per message.  Each round measures every contestant, the order reversed every
+other round, so drift on a shared machine hits them alike; the median of the
+per-round ratios is printed.  Target: the epoll model spends at most 1.3x the C server's CPU per
 message.
 
 A third contestant, the floor (benchmarks/floor/echo_server.py), is the
@@ -33,6 +33,7 @@ from common import (
     add_run_arguments,
     interleaved,
     placement_and_tools,
+    ratios,
     run_c_client,
     run_main,
     start_server,
@@ -52,9 +53,9 @@ class Cost:
     user: float
     system: float
 
-    @property
-    def total(self) -> float:
-        return self.user + self.system
+
+def total(cost: Cost) -> float:
+    return cost.user + cost.system
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -104,29 +105,25 @@ def main() -> int:
     for model in models:
         servers = {"C": c_server, "floor": floor,
                    model: [sys.executable, "-m", "bench.cli", "serve", model, "-q"]}
-        ratios: dict[str, list[float]] = {model: [], "floor": [], f"{model}/floor": []}
-        costs: dict[str, list[Cost]] = {name: [] for name in servers}
-        for pair, got in enumerate(interleaved(
-                servers, args.pairs, lambda cmd: trial(cmd, client, args, server_cpu, client_cpu))):
-            for name, one in got.items():
-                costs[name].append(one)
-            cost = {name: one.total for name, one in got.items()}
-            ratios[model].append(cost[model] / cost["C"])
-            ratios["floor"].append(cost["floor"] / cost["C"])
-            ratios[f"{model}/floor"].append(cost[model] / cost["floor"])
-            print(f"{model} round {pair + 1}: C {cost['C']:6.2f}  floor {cost['floor']:6.2f}  "
-                  f"{model} {cost[model]:6.2f} µs/msg   {model}/C {ratios[model][-1]:.2f}  "
-                  f"floor/C {ratios['floor'][-1]:.2f}", flush=True)
-        median = statistics.median(ratios[model])
+        rounds: list[dict[str, Cost]] = []
+        for got in interleaved(
+                servers, args.pairs, lambda cmd: trial(cmd, client, args, server_cpu, client_cpu)):
+            rounds.append(got)
+            cost = {name: total(one) for name, one in got.items()}
+            print(f"{model} round {len(rounds)}: C {cost['C']:6.2f}  floor {cost['floor']:6.2f}  "
+                  f"{model} {cost[model]:6.2f} µs/msg   {model}/C {cost[model] / cost['C']:.2f}  "
+                  f"floor/C {cost['floor'] / cost['C']:.2f}", flush=True)
+        vs_c = ratios(rounds, model, "C", total)
+        median = statistics.median(vs_c)
         worst = max(worst, median)
         print(f"{model}: median CPU per message {median:.2f}x the C server's "
-              f"(min {min(ratios[model]):.2f}, max {max(ratios[model]):.2f}; "
-              f"target <= {TARGET}x)")
-        print(f"  the Python floor: {statistics.median(ratios['floor']):.2f}x C; "
-              f"{model} over the floor: {statistics.median(ratios[f'{model}/floor']):.2f}x")
+              f"(min {min(vs_c):.2f}, max {max(vs_c):.2f}; target <= {TARGET}x)")
+        floor_vs_c = statistics.median(ratios(rounds, "floor", "C", total))
+        print(f"  the Python floor: {floor_vs_c:.2f}x C; {model} over the floor: "
+              f"{statistics.median(ratios(rounds, model, 'floor', total)):.2f}x")
         print("  median µs per message, user + system: " + ", ".join(
-            f"{name} {statistics.median(c.user for c in costs[name]):.2f} + "
-            f"{statistics.median(c.system for c in costs[name]):.2f}" for name in servers))
+            f"{name} {statistics.median(got[name].user for got in rounds):.2f} + "
+            f"{statistics.median(got[name].system for got in rounds):.2f}" for name in servers))
     return 0 if worst <= TARGET else 1
 
 

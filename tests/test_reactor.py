@@ -17,6 +17,7 @@ from servers.epoll_loop import EdgeTriggeredEpollServer
 from servers.models import Options
 from servers.net import RECV_SIZE
 from servers.protocol import Echo, Limits
+from servers.reactor import Connection
 from servers.shutdown import Shutdown
 
 
@@ -43,15 +44,23 @@ def queued(sock: socket.socket) -> int:
             return total
 
 
+def hog(server, budget: int, reads: int) -> tuple[socket.socket, Connection]:
+    """A client seated with `reads` full reads' worth queued; the budget set to `budget`.
+
+    Each RECV_SIZE goes in its own write, so that each read takes exactly one.
+    """
+    server.DRAIN_READS = budget
+    client, served = socket.socketpair()
+    conn = server.register(served, "hog")
+    for _ in range(reads):
+        client.sendall(b"h" * RECV_SIZE)
+    return client, conn
+
+
 def test_one_report_reads_at_most_its_budget_and_the_loop_comes_back(edge_triggered):
     server = edge_triggered
-    server.DRAIN_READS = 2
-    client, served = socket.socketpair()
+    client, conn = hog(server, budget=2, reads=3)  # queued before the report is handled
     with client:
-        conn = server.register(served, "hog")
-        for _ in range(3):  # three reads' worth, queued before the report is handled
-            client.sendall(b"h" * RECV_SIZE)
-
         server.on_readable(conn)  # one edge-triggered report
         assert server.unfinished == {conn.fd: conn}  # budget spent, data left: on the list
         assert queued(client) == 2 * RECV_SIZE
@@ -63,11 +72,8 @@ def test_one_report_reads_at_most_its_budget_and_the_loop_comes_back(edge_trigge
 
 def test_a_connection_closed_while_on_the_ready_list_is_not_read(edge_triggered):
     server = edge_triggered
-    server.DRAIN_READS = 1
-    client, served = socket.socketpair()
+    client, conn = hog(server, budget=1, reads=2)
     with client:
-        conn = server.register(served, "hog")
-        client.sendall(b"h" * 2 * RECV_SIZE)
         server.on_readable(conn)
         assert conn.fd in server.unfinished
         server.close(conn, "gone")
