@@ -109,7 +109,9 @@ def memory_table(run: Run) -> Table:
         columns=["model", *(header(run, "idle", "PSS", x) for x in ends),
                  "PSS per connection (fit)", "PSS per connection (largest point)"],
         caption="PSS counts shared pages once, split among the processes sharing them, so a "
-                "forked tree is not over-counted as RSS would be.")
+                "forked tree is not over-counted as RSS would be. The largest-point column "
+                "counts anonymous pages only (heap, stacks, pages a child copied on write): "
+                "the server's share of libpython's pages moves with whatever else runs.")
     slopes = {}
     for model in models:
         slopes[model] = pss_slope(run, model)

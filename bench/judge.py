@@ -37,9 +37,10 @@ class Metric:
     floor: float = 0.0
 
 
-# PSS per connection is (tree PSS during the window - PSS at start) / connections:
-# about +-5 KiB of noise at 20 connections, and an event loop's true cost is a few
-# hundred bytes; 8 KiB keeps that noise out and still sees a thread's stack.
+# PSS per connection is (the tree's anonymous PSS during the window - at start) /
+# connections.  An event loop's true cost is a few hundred bytes, and whether the
+# allocator's pools already had room for them can double it; 8 KiB keeps such
+# jumps out and still sees a thread's stack (~18 KiB).
 PSS_FLOOR = 8192.0
 METRICS = (
     Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),

@@ -35,7 +35,9 @@ the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
 ({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included),
 ``"timeline"`` (seconds from the trial's start to each sampler mark: ready,
 load_start, start, end, load_end, stopped) and, in ``"server"``,
-``pss_baseline_bytes`` (before any client connected) and ``window`` ("loadgen":
+``pss_baseline_bytes`` and ``pss_anon_baseline_bytes`` (before any client connected),
+``pss_anon_mean_bytes`` (the PSS of anonymous pages, from which ``derived.pss_per_conn_bytes``
+is computed; see bench/sampler.py) and ``window`` ("loadgen":
 CPU between the generator's window lines; "process": around its whole run) and
 ``sampler_cpu_s`` (the sampler's own CPU over the trial, spent beside the generator).
 The environment adds ``skipped_models`` ({model: why}) and ``cpu_accounting``.

@@ -18,7 +18,13 @@ per-process line shows only the main thread's), and a reaped task's count is
 not inherited by anyone, so the last value seen of every task is kept.
 Memory is summed over the tree: RSS (which counts shared pages once per
 process, so a forking server looks huge), USS and PSS (shared pages split
-between sharers: the honest "memory of the tree").
+between sharers: the honest "memory of the tree").  PSS of anonymous pages
+alone is kept too, for memory per connection: file pages (libpython, the C
+extensions) are shared with every other Python process on the machine, so
+their share of PSS moves by a MiB as the load generator or the previous trial
+comes and goes, while anonymous pages -- heap, stacks, pages a forked child
+copied on write -- are shared only within the tree, and are what a
+connection adds.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class MemorySample:
     rss: int
     uss: int
     pss: int
+    pss_anon: int | None  # None where the kernel does not split PSS (before 5.10)
     threads: int
     fds: int
     procs: int
@@ -115,20 +122,25 @@ class TreeSampler:
                 sum(i for _, i in self._ctx_seen.values()))
 
     def sample(self, t: float | None = None) -> MemorySample:
-        rss = uss = pss = threads = fds = procs = 0
+        memory: dict[str, int | None] = dict.fromkeys(ROLLUP, 0)
+        threads = fds = procs = 0
         for proc in self.processes():
+            mem = _rollup(proc.pid)
+            if mem is None:
+                continue  # exited meanwhile
             try:
                 with proc.oneshot():
-                    mem = proc.memory_full_info()
-                    threads += proc.num_threads()
-                    fds += proc.num_fds()
+                    proc_threads, proc_fds = proc.num_threads(), proc.num_fds()
             except psutil.Error:
                 continue
-            rss += mem.rss
-            uss += mem.uss
-            pss += getattr(mem, "pss", mem.uss)
+            threads += proc_threads
+            fds += proc_fds
+            for key, value in mem.items():
+                total = memory[key]
+                memory[key] = None if total is None or value is None else total + value
             procs += 1
-        one = MemorySample(time.monotonic() if t is None else t, rss, uss, pss, threads, fds, procs)
+        one = MemorySample(time.monotonic() if t is None else t, **memory,
+                           threads=threads, fds=fds, procs=procs)
         if procs:
             self.samples.append(one)
         return one
@@ -187,13 +199,15 @@ class TreeSampler:
         if baseline is not None:
             before = [s for s in self.samples if s.t <= self.marks[baseline].t]
             out["pss_baseline_bytes"] = before[-1].pss if before else None
+            out["pss_anon_baseline_bytes"] = before[-1].pss_anon if before else None
         return out
 
 
 def _memory_stats(window: list[MemorySample]) -> dict:
     if not window:
         keys = ("rss_peak_bytes", "rss_mean_bytes", "uss_peak_bytes", "pss_peak_bytes",
-                "pss_mean_bytes", "threads_peak", "fds_peak", "procs_peak")
+                "pss_mean_bytes", "pss_anon_mean_bytes", "threads_peak", "fds_peak",
+                "procs_peak")
         return dict.fromkeys(keys)
     return {
         "rss_peak_bytes": max(s.rss for s in window),
@@ -201,6 +215,8 @@ def _memory_stats(window: list[MemorySample]) -> dict:
         "uss_peak_bytes": max(s.uss for s in window),
         "pss_peak_bytes": max(s.pss for s in window),
         "pss_mean_bytes": statistics.fmean(s.pss for s in window),
+        "pss_anon_mean_bytes": (None if any(s.pss_anon is None for s in window)
+                                else statistics.fmean(s.pss_anon for s in window)),
         "threads_peak": max(s.threads for s in window),
         "fds_peak": max(s.fds for s in window),
         "procs_peak": max(s.procs for s in window),
@@ -212,6 +228,28 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+# smaps_rollup lines -> MemorySample fields; every Private_* line is USS, as in psutil.
+ROLLUP = {"rss": ("Rss:",), "uss": ("Private_Clean:", "Private_Dirty:", "Private_Hugetlb:"),
+          "pss": ("Pss:",), "pss_anon": ("Pss_Anon:",)}
+
+
+def _rollup(pid: int) -> dict[str, int | None] | None:
+    """A process's memory in bytes from /proc/PID/smaps_rollup (one read, one
+    walk of its mappings); None once it has exited.  A field the kernel does
+    not print is None."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kib: dict[str, int] = {}
+    for line in text.splitlines()[1:]:  # the first line is the [rollup] pseudo-mapping
+        name, value, *_ = line.split()
+        kib[name] = int(value)
+    return {field: (sum(kib[n] for n in names if n in kib) * 1024
+                    if any(n in kib for n in names) else None)
+            for field, names in ROLLUP.items()}
 
 
 def _tasks(pid: int) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -122,3 +123,50 @@ def test_sampler_survives_the_tree_vanishing(burner):
     stats = sampler.stats()
     assert stats["samples"] >= 1  # the sample taken while it was alive
     assert sampler.cpu() == (0.0, 0.0, 0.0)
+
+
+HOLDER = textwrap.dedent("""
+    import os, sys, time
+    block = bytearray(32 << 20)
+    for i in range(0, len(block), 4096):     # touch every page so it is resident
+        block[i] = 1
+    print("ready", flush=True)
+    sys.stdin.readline()
+    if os.fork() == 0:                        # a child that never writes the block
+        time.sleep(60); os._exit(0)
+    print("forked", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_anonymous_pss_ignores_outside_sharers_and_splits_fork_sharing():
+    """Memory per connection is read from anonymous PSS: neither other Python
+    processes mapping libpython nor a child sharing pages copy-on-write may move it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    others: list[subprocess.Popen] = []
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        sampler = TreeSampler(holder.pid)
+        alone = sampler.sample()
+        others = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                   stdin=subprocess.PIPE, start_new_session=True)
+                  for _ in range(3)]
+        time.sleep(0.5)  # let them map and touch libpython
+        crowded = sampler.sample()
+        holder.stdin.write("fork\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "forked"
+        forked = sampler.sample()
+    finally:
+        for proc in [holder, *others]:
+            kill_group(proc)
+            proc.stdin.close()
+        holder.stdout.close()
+    assert alone.pss_anon >= 32 << 20
+    assert alone.uss >= alone.pss_anon  # the block is private to the only process
+    assert abs(crowded.pss_anon - alone.pss_anon) <= 64 << 10, (alone, crowded)
+    # RSS counts the shared block once per process; anonymous PSS splits it.
+    assert forked.procs == 2
+    assert forked.rss >= alone.rss + (32 << 20)
+    assert forked.pss_anon - alone.pss_anon < 4 << 20, (alone, forked)
