@@ -119,18 +119,8 @@ def test_soak_short(model: str, protocol: str) -> None:
     soak(model, protocol, rounds=3, clients=100)
 
 
-# Measured: thread/chat's USS grows ~1 MiB a round over 10 rounds of 300 clients (600
-# threads each), with no Python object left behind; malloc_trim(0) hands back most of
-# it, so it is glibc keeping freed heap, not a leak in the model -- but not flat either.
-GLIBC_RETENTION = pytest.mark.xfail(strict=True, reason=(
-    "thread/chat: USS +9 MiB over 10 rounds x 300 clients; glibc retains freed heap "
-    "after 600 thread exits a round (malloc_trim(0) returns ~8 MiB of it)"))
-SOAK_LONG = [pytest.param(m, p, marks=[GLIBC_RETENTION] if (m, p) == ("thread", "chat") else [])
-             for m, p in EVERY]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "protocol"), SOAK_LONG)
+@pytest.mark.parametrize(("model", "protocol"), EVERY)
 def test_soak_long(model: str, protocol: str) -> None:
     soak(model, protocol, rounds=10, clients=300)
 
