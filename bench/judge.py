@@ -40,7 +40,7 @@ class Metric:
 # PSS per connection is (the tree's anonymous PSS during the window - at start) /
 # connections.  An event loop's true cost is a few hundred bytes, and whether the
 # allocator's pools already had room for them can double it; 8 KiB keeps such
-# jumps out and still sees a thread's stack (~18 KiB).
+# jumps out and still sees a thread's stack and buffer page (~14 KiB).
 PSS_FLOOR = 8192.0
 METRICS = (
     Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),
