@@ -40,7 +40,10 @@ class EpollServer(Reactor):
 
     def serve_forever(self) -> None:
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
-        dispatch, on_readable, conns = self.dispatch, self.on_readable, self.conns
+        dispatch, conns = self.dispatch, self.conns
+        # Level-triggered, a report asks for one read: what is left is
+        # reported again.  Edge-triggered, it asks for reads until EAGAIN.
+        on_readable = self.on_readable if self.drain else self.read
         poll, only_in = self.epoll.poll, select.EPOLLIN
         while True:
             # Connections left unfinished (edge-triggered only) get no new
