@@ -26,6 +26,7 @@ class PollingServer(Reactor):
                 self.on_writable(conn)
             if self.conns.get(conn.fd) is conn:  # on_readable skips a paused one
                 self.on_readable(conn)
+        self.flush()
 
     def serve_forever(self) -> None:
         while True:

@@ -57,6 +57,7 @@ class EpollServer(Reactor):
                     on_readable(conn)
                 else:
                     dispatch(fd, events & readable, events & select.EPOLLOUT)
+            self.flush()
             if self.unfinished:
                 self.read_unfinished()
 

@@ -40,3 +40,4 @@ class PollServer(Reactor):
         while True:
             for fd, events in poll():
                 dispatch(fd, events & readable, events & select.POLLOUT)
+            self.flush()

@@ -54,3 +54,4 @@ class SelectServer(Reactor):
                 dispatch(fd, False, True)
             for fd in readable:
                 dispatch(fd, True, False)
+            self.flush()

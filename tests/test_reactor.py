@@ -13,25 +13,40 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers.epoll_loop import EdgeTriggeredEpollServer
+from servers.epoll_loop import EdgeTriggeredEpollServer, EpollServer
 from servers.models import Options
 from servers.net import RECV_SIZE
-from servers.protocol import Echo, Limits
+from servers.protocol import Chat, Echo, Limits
 from servers.reactor import Connection
 from servers.shutdown import Shutdown
 
 
-@pytest.fixture
-def edge_triggered() -> Iterator[EdgeTriggeredEpollServer]:
+def built(server_class, protocol) -> Iterator:
     wake_r, wake_w = os.pipe()
     listener = socket.create_server(("127.0.0.1", 0))
-    server = EdgeTriggeredEpollServer(listener, Echo(Limits()), Options(wake_fd=wake_r))
+    server = server_class(listener, protocol, Options(wake_fd=wake_r))
     try:
         yield server
     finally:
         server.close_all()
         os.close(wake_r)
         os.close(wake_w)
+
+
+@pytest.fixture
+def edge_triggered() -> Iterator[EdgeTriggeredEpollServer]:
+    yield from built(EdgeTriggeredEpollServer, Echo(Limits()))
+
+
+@pytest.fixture
+def chat_room() -> Iterator[EpollServer]:
+    """Level-triggered epoll serving a chat room."""
+    yield from built(EpollServer, Chat(Limits()))
+
+
+def seated(server, name: str) -> tuple[socket.socket, Connection]:
+    client, served = socket.socketpair()
+    return client, server.register(served, name)
 
 
 def queued(sock: socket.socket) -> int:
@@ -50,8 +65,7 @@ def hog(server, budget: int, reads: int) -> tuple[socket.socket, Connection]:
     Each RECV_SIZE goes in its own write, so that each read takes exactly one.
     """
     server.DRAIN_READS = budget
-    client, served = socket.socketpair()
-    conn = server.register(served, "hog")
+    client, conn = seated(server, "hog")
     for _ in range(reads):
         client.sendall(b"h" * RECV_SIZE)
     return client, conn
@@ -100,3 +114,31 @@ def test_shutdown_closes_a_connection_the_signal_caught_half_registered(edge_tri
         server.close_all()
         assert server.conns == {}
         assert client.recv(1) == b""  # the server's end is closed
+
+
+def test_a_round_of_reports_is_written_at_flush_in_the_order_it_was_read(chat_room):
+    server = chat_room
+    (a, conn_a), (b, conn_b) = seated(server, "a"), seated(server, "b")
+    with a, b:
+        b.sendall(b"from b\n")
+        a.sendall(b"from a\n")
+        server.read(conn_b)  # one round: b's report came first
+        server.read(conn_a)
+        assert queued(a) == queued(b) == 0  # read, not yet written
+        assert len(server.pending) == 4  # two lines for two members, no copies
+        server.flush()
+        assert server.pending == []
+        for client in (a, b):
+            assert client.recv(100, socket.MSG_DONTWAIT) == b"from b\nfrom a\n"
+
+
+def test_a_delivery_to_a_connection_closed_within_the_round_is_dropped(chat_room):
+    server = chat_room
+    (a, conn_a), (b, conn_b) = seated(server, "a"), seated(server, "b")
+    with a, b:
+        a.sendall(b"hello\n")
+        server.read(conn_a)
+        server.close(conn_b, "reset")  # later in the same round
+        server.flush()  # must not write to b's closed socket
+        assert a.recv(100, socket.MSG_DONTWAIT) == b"hello\n"
+        assert b.recv(100) == b""
