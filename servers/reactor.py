@@ -174,9 +174,10 @@ class Reactor:
             return
         for _ in range(self.DRAIN_READS):
             more = self.read(conn)
-            # Written before the next read, so that an echo client which does
-            # not read is paused after one receive's worth, as level-triggered.
-            self.flush()
+            if self.pending:
+                # Written before the next read, so that an echo client which does
+                # not read is paused after one receive's worth, as level-triggered.
+                self.flush()
             if not (more and self.conns.get(conn.fd) is conn and self.reading(conn)):
                 return
         self.unfinished[conn.fd] = conn
