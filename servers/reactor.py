@@ -240,6 +240,11 @@ class Reactor:
         """The client half-closed: flush what is queued for it, then close."""
         conn.eof = True
         self.protocol.leave(conn.fd)
+        # What this round read before the EOF goes out first: a select loop
+        # may read a connection twice in one round (on_writable resumes it).
+        self.flush()
+        if self.conns.get(conn.fd) is not conn:
+            return  # a write in the flush found it gone
         if conn.outbox:
             self.refresh(conn)
         else:

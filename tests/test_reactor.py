@@ -39,6 +39,11 @@ def edge_triggered() -> Iterator[EdgeTriggeredEpollServer]:
 
 
 @pytest.fixture
+def level_triggered() -> Iterator[EpollServer]:
+    yield from built(EpollServer, Echo(Limits()))
+
+
+@pytest.fixture
 def chat_room() -> Iterator[EpollServer]:
     """Level-triggered epoll serving a chat room."""
     yield from built(EpollServer, Chat(Limits()))
@@ -142,3 +147,18 @@ def test_a_delivery_to_a_connection_closed_within_the_round_is_dropped(chat_room
         server.flush()  # must not write to b's closed socket
         assert a.recv(100, socket.MSG_DONTWAIT) == b"hello\n"
         assert b.recv(100) == b""
+
+
+def test_an_eof_read_in_the_same_round_as_data_does_not_lose_the_data(level_triggered):
+    """RFC 862 with a half-close: the echo of what came before the EOF is sent
+    before the connection closes, even when both are read in one round."""
+    server = level_triggered
+    client, conn = seated(server, "half-closer")
+    with client:
+        client.sendall(b"last words")
+        client.shutdown(socket.SHUT_WR)
+        server.read(conn)  # the data: its echo waits for the round's flush
+        server.read(conn)  # the EOF, in the same round
+        assert conn.fd not in server.conns
+        assert client.recv(100) == b"last words"
+        assert client.recv(100) == b""
