@@ -32,7 +32,7 @@ from servers.net import (
     tune,
     write_or_queue,
 )
-from servers.protocol import Limits, Outbox, ProtocolError
+from servers.protocol import Delivery, Limits, Outbox, ProtocolError
 
 log = logging.getLogger("muxbench.serve")
 
@@ -76,8 +76,9 @@ class Reactor:
         # No new report will come for that data, so the loop must come back.
         self.unfinished: dict[int, Connection] = {}
         self.acceptor = Acceptor(listener)
-        # Deliveries read in this round of reports, not yet written (flush()).
-        self.pending: list[tuple[Connection, bytes]] = []
+        # Deliveries read in this round of reports, not yet written (flush()):
+        # as the protocol made them, one per read however many receive it.
+        self.pending: list[Delivery] = []
 
     # -- the mechanism: what a model fills in ---------------------------------
 
@@ -137,6 +138,9 @@ class Reactor:
         self.acceptor.close()
 
     def on_acceptable(self) -> None:
+        # A client closed in this round may have left its fd to the next one
+        # accepted, and pending deliveries name their receivers by fd.
+        self.flush()
         while True:
             accepted = self.acceptor.accept()
             if accepted is None:
@@ -206,28 +210,25 @@ class Reactor:
             self.close(conn, str(exc))
             return False
         if delivery is not None:
-            keys, out = delivery
-            pending = self.pending
-            for fd in keys:
-                target = self.conns.get(fd)
-                if target is not None:
-                    pending.append((target, out))
+            self.pending.append(delivery)
         return True
 
     def flush(self) -> None:
         """Write every delivery of this round, in the order they were read."""
         pending, self.pending = self.pending, []
         conns = self.conns
-        for target, out in pending:
-            if conns.get(target.fd) is not target:
-                continue  # closed since (a reset, or a write below failed)
-            try:
-                if write_or_queue(target.sock, target.outbox, out):
-                    self.refresh(target)  # a backlog: watch for writability
-            except OSError as exc:  # the peer is gone
-                self.close(target, exc.strerror)
-            except ProtocolError as exc:  # past the output limit
-                self.close(target, str(exc))
+        for keys, out in pending:
+            for fd in keys:
+                target = conns.get(fd)
+                if target is None:
+                    continue  # closed since (a reset, or a write below failed)
+                try:
+                    if write_or_queue(target.sock, target.outbox, out):
+                        self.refresh(target)  # a backlog: watch for writability
+                except OSError as exc:  # the peer is gone
+                    self.close(target, exc.strerror)
+                except ProtocolError as exc:  # past the output limit
+                    self.close(target, str(exc))
 
     def read_unfinished(self) -> None:
         """Come back, once round, to the connections whose read budget ran out."""

@@ -130,7 +130,7 @@ def test_a_round_of_reports_is_written_at_flush_in_the_order_it_was_read(chat_ro
         server.read(conn_b)  # one round: b's report came first
         server.read(conn_a)
         assert queued(a) == queued(b) == 0  # read, not yet written
-        assert len(server.pending) == 4  # two lines for two members, no copies
+        assert len(server.pending) == 2  # one per line read, however many receive it
         server.flush()
         assert server.pending == []
         for client in (a, b):
@@ -162,3 +162,23 @@ def test_an_eof_read_in_the_same_round_as_data_does_not_lose_the_data(level_trig
         assert conn.fd not in server.conns
         assert client.recv(100) == b"last words"
         assert client.recv(100) == b""
+
+
+def test_a_newcomer_given_a_closed_clients_fd_gets_none_of_the_rounds_lines(chat_room):
+    """Pending deliveries name receivers by fd; the fd of a client closed in
+    the round may go to the next one accepted, which must not inherit them."""
+    server = chat_room
+    (a, conn_a), (b, conn_b) = seated(server, "a"), seated(server, "b")
+    newcomer = socket.create_connection(server.listener.getsockname())
+    with a, b, newcomer:
+        a.sendall(b"before you came\n")
+        server.read(conn_a)
+        freed = conn_b.fd
+        server.close(conn_b, "reset")
+        server.on_acceptable()  # the same round: the newcomer is accepted
+        (conn_new,) = (conn for conn in server.conns.values() if conn.peer != "a")
+        assert conn_new.fd == freed  # the lowest free descriptor: b's
+        server.flush()
+        assert a.recv(100, socket.MSG_DONTWAIT) == b"before you came\n"
+        with pytest.raises(BlockingIOError):
+            newcomer.recv(100, socket.MSG_DONTWAIT)
