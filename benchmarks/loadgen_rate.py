@@ -10,9 +10,10 @@ round trip is printed beside it: on a busy machine rates swing, CPU per
 message much less.
 
 A third contestant, the floor (benchmarks/floor/echo_client.py), is the C
-client's loop written in Python and nothing more.  Its ratio to C is the most
-any Python client reaches on this machine; the generator's ratio to the floor
-is what its recording and accounting cost.
+client's loop written in Python and nothing more, one send per reply as in
+C.  Its ratio to C is what the interpreter costs such a loop on this
+machine; the generator's ratio to the floor is what its recording and
+accounting cost, less what it gains by sending a round's messages together.
 
 usage: python benchmarks/loadgen_rate.py [--pairs 15] [--duration 1] [--conns 50] [--size 64]
 Exit status: 0 target met; 1 below target, or no C compiler (said so); 2 bad setup.

@@ -3,9 +3,10 @@
 Closed loop, one message in flight per connection, each message carrying its
 sequence number and checked whole against what was sent -- the C client
 (loadgen/c/echo_client.c) line for line, and nothing of `muxbench load`'s
-recording, scheduling or accounting.  It answers one question for
-`loadgen_rate.py`: how close to C can a Python client get at all on this
-machine, so that the generator's gap splits into the interpreter's and its own.
+recording, scheduling or accounting (nor its sending a round's messages
+together).  It answers one question for `loadgen_rate.py`: how close to C
+does the same loop get in Python on this machine, so that the generator's
+gap splits into the interpreter's and its own.
 
 usage: python benchmarks/floor/echo_client.py --port P [--conns 50] [--size 64]
            [--duration 5] [--warmup 1]
