@@ -138,9 +138,6 @@ class Reactor:
         self.acceptor.close()
 
     def on_acceptable(self) -> None:
-        # A client closed in this round may have left its fd to the next one
-        # accepted, and pending deliveries name their receivers by fd.
-        self.flush()
         while True:
             accepted = self.acceptor.accept()
             if accepted is None:
@@ -163,6 +160,9 @@ class Reactor:
 
     def register(self, sock: socket.socket, peer: str) -> Connection:
         """Seat a connected socket in the protocol and the mechanism."""
+        # Pending deliveries name their receivers by fd, and this socket may
+        # have the fd of a client closed earlier in the round: send them first.
+        self.flush()
         set_nonblocking(sock)
         conn = Connection(sock, peer, self.limits)
         self.conns[conn.fd] = conn
@@ -241,8 +241,8 @@ class Reactor:
         """The client half-closed: flush what is queued for it, then close."""
         conn.eof = True
         self.protocol.leave(conn.fd)
-        # What this round read before the EOF goes out first: a select loop
-        # may read a connection twice in one round (on_writable resumes it).
+        # What this round read before the EOF goes out first: a loop may read
+        # a connection twice in one round (on_writable resumes a paused one).
         self.flush()
         if self.conns.get(conn.fd) is not conn:
             return  # a write in the flush found it gone
