@@ -221,25 +221,44 @@ class Snapshot:
         return self.fds, self.threads, self.procs
 
 
-def snapshot(pid: int) -> Snapshot:
-    """USS, descriptors, threads and processes of pid and all its live descendants."""
-    root = psutil.Process(pid)
+def live_tree(root: psutil.Process) -> list[psutil.Process]:
+    """root and its descendants, zombies left out (they hold no memory)."""
     tree = [root]
     with contextlib.suppress(psutil.NoSuchProcess):
         tree += root.children(recursive=True)
-    uss = fds = threads = procs = 0
+    live = []
     for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                live.append(proc)
+    return live
+
+
+def snapshot(pid: int) -> Snapshot:
+    """USS, descriptors, threads and processes of pid and all its live descendants.
+
+    Read again until the tree holds still across the reading.  A forked child
+    shares its parent's pages copy-on-write until it exits, and a shared page
+    is no one's USS: a child that ended between the parent's reading and its
+    own would leave the parent looking megabytes smaller, and the tree's
+    counts looking settled.
+    """
+    root = psutil.Process(pid)
+    while True:
+        tree = live_tree(root)
+        uss = fds = threads = 0
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            with proc.oneshot():
-                uss += proc.memory_full_info().uss
-                fds += proc.num_fds()
-                threads += proc.num_threads()
-            procs += 1
+            for proc in tree:
+                with proc.oneshot():
+                    uss += proc.memory_full_info().uss
+                    fds += proc.num_fds()
+                    threads += proc.num_threads()
         except psutil.NoSuchProcess:
+            if not root.is_running():
+                raise
             continue
-    return Snapshot(uss, fds, threads, procs)
+        if {proc.pid for proc in live_tree(root)} == {proc.pid for proc in tree}:
+            return Snapshot(uss, fds, threads, len(tree))
 
 
 def warm_baseline(server, timeout: float = 15.0) -> Snapshot:
