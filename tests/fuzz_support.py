@@ -234,17 +234,19 @@ def live_tree(root: psutil.Process) -> list[psutil.Process]:
     return live
 
 
-def snapshot(pid: int) -> Snapshot:
+def snapshot(pid: int, tries: int = 20) -> Snapshot:
     """USS, descriptors, threads and processes of pid and all its live descendants.
 
-    Read again until the tree holds still across the reading.  A forked child
+    Read again until the tree holds still across the reading (a tree that
+    never does, `tries` times over, gets its last reading).  A forked child
     shares its parent's pages copy-on-write until it exits, and a shared page
     is no one's USS: a child that ended between the parent's reading and its
     own would leave the parent looking megabytes smaller, and the tree's
     counts looking settled.
     """
     root = psutil.Process(pid)
-    while True:
+    taken = None
+    for _ in range(tries):
         tree = live_tree(root)
         uss = fds = threads = 0
         try:
@@ -257,8 +259,12 @@ def snapshot(pid: int) -> Snapshot:
             if not root.is_running():
                 raise
             continue
+        taken = Snapshot(uss, fds, threads, len(tree))
         if {proc.pid for proc in live_tree(root)} == {proc.pid for proc in tree}:
-            return Snapshot(uss, fds, threads, len(tree))
+            return taken
+    if taken is None:
+        raise RuntimeError(f"the process tree of {pid} changed during every reading")
+    return taken
 
 
 def warm_baseline(server, timeout: float = 15.0) -> Snapshot:
