@@ -7,6 +7,7 @@ another, runs fresh processes, and kills every process group it started.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+
+from scipy.stats import quantile_test
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
@@ -73,6 +76,39 @@ def ratios(rounds: list[dict[str, R]], top: str, bottom: str,
            value: Callable[[R], float]) -> list[float]:
     """value(top) / value(bottom) within each round: the only ratios drift cannot bias."""
     return [value(got[top]) / value(got[bottom]) for got in rounds]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median the rounds estimate, or None.
+
+    The order-statistic interval (scipy's quantile_test): it assumes only that
+    rounds are independent draws, which interleaving is there to make them,
+    not that ratios are normal -- on a shared machine their tails are long.
+    Fewer than six rounds cannot give 95 %: None.
+    """
+    interval = quantile_test(values, q=0).confidence_interval(confidence)
+    if math.isnan(interval.low):
+        return None
+    return float(interval.low), float(interval.high)
+
+
+def spread(values: list[float], target: float, better: str) -> str:
+    """How far one run's median can be trusted against the target, in words.
+
+    `better` is "below" or "above": which side of the target meets it.
+    """
+    interval = median_interval(values)
+    if interval is None:
+        return (f"min {min(values):.3g}, max {max(values):.3g}; too few rounds for a 95 % "
+                f"interval of the median")
+    low, high = interval
+    if low <= target <= high:
+        side = "it straddles the target: this run cannot tell"
+    else:
+        meets = high < target if better == "below" else low > target
+        side = "all of it " + ("meets" if meets else "misses") + " the target"
+    return (f"95 % interval of the median {low:.3g}-{high:.3g}, {side}; "
+            f"min {min(values):.3g}, max {max(values):.3g}")
 
 
 def pinned(cpu: int):

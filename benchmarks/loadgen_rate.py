@@ -39,6 +39,7 @@ from common import (
     ratios,
     run_c_client,
     run_main,
+    spread,
     start_server,
     stop,
 )
@@ -114,8 +115,8 @@ def main() -> int:
     vs_c = ratios(rounds, "load", "C", rate)
     median = statistics.median(vs_c)
     verdict = "meets" if median >= TARGET else "BELOW"
-    print(f"median ratio muxbench load / C client: {median:.3f} (min {min(vs_c):.3f},"
-          f" max {max(vs_c):.3f}; {verdict} the {TARGET}x target)")
+    print(f"median ratio muxbench load / C client: {median:.3f} ({verdict} the {TARGET}x target)")
+    print(f"  {spread(vs_c, TARGET, 'above')}")
     # Less sensitive to other load on the machine than rates are: the rate
     # ratio the two would reach if each were limited by its own CPU.
     print(f"median CPU-per-message ratio C / muxbench load: "

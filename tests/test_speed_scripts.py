@@ -5,17 +5,21 @@ on a shared machine they swing too much to gate a test on.  These tests check
 that the programs behave -- the floor server echoes and stops on SIGTERM, the
 floor client checks what comes back as strictly as the C one does, and each
 benchmark script runs a short round end to end, prints its verdict and leaves
-nothing running.
+nothing running -- and that the interval they print around a median covers it
+as often as it claims to.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks.common import median_interval, spread
 from servers.reference import reference_server_command
 from tests.faulty_servers import FaultyServer, at, echo, flipping
 from tests.support import ROOT, listening, process_tree, recv_exactly
@@ -120,3 +124,49 @@ def test_speed_script_refuses_bad_input_in_one_line(script, args, says):
     assert says in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stdout == ""  # refused before measuring anything
+
+
+# -- how far one run's median can be trusted ----------------------------------
+
+def _coverage(n: int, low: int, high: int) -> float:
+    """P(the low-th and high-th of n draws, 1-based, enclose the population median)."""
+    return sum(math.comb(n, i) for i in range(low, high)) / 2 ** n
+
+
+@pytest.mark.parametrize("n", range(6, 61))
+def test_median_interval_is_the_narrowest_symmetric_one_with_95_percent_coverage(n):
+    # Ranks 1..n stand for any n sorted rounds: the interval is read off them.
+    low, high = (int(bound) for bound in median_interval([float(r) for r in range(1, n + 1)]))
+    assert low + high == n + 1  # symmetric
+    assert _coverage(n, low, high) >= 0.95
+    assert _coverage(n, low + 1, high - 1) < 0.95  # one rank narrower would not do
+
+
+def test_median_interval_needs_six_rounds():
+    assert median_interval([1.2, 1.3, 1.1, 1.4, 1.25]) is None
+    assert "too few rounds" in spread([1.2, 1.3, 1.1, 1.4, 1.25], 1.3, "below")
+
+
+def test_median_interval_covers_a_long_tailed_median_as_often_as_it_says():
+    rng = random.Random(20261130)
+    median = math.exp(0.25)  # of lognormal(0.25, 0.4): ratios on a noisy machine
+    trials, n = 2000, 15
+    covered = 0
+    for _ in range(trials):
+        low, high = median_interval([rng.lognormvariate(0.25, 0.4) for _ in range(n)])
+        covered += low <= median <= high
+    # 15 rounds: ranks 4 and 12, which enclose the median with probability 0.965.
+    assert 0.94 <= covered / trials <= 0.985
+
+
+@pytest.mark.parametrize("values, target, better, says", [
+    ([1.20, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27], 1.3, "below", "all of it meets"),
+    ([1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37, 1.38], 1.3, "below", "all of it misses"),
+    ([1.20, 1.25, 1.28, 1.29, 1.31, 1.33, 1.36, 1.40], 1.3, "below", "cannot tell"),
+    ([0.70, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77], 0.8, "above", "all of it misses"),
+    ([0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88], 0.8, "above", "all of it meets"),
+])
+def test_spread_says_whether_the_run_settles_the_target(values, target, better, says):
+    text = spread(values, target, better)
+    assert says in text
+    assert f"min {min(values):.3g}, max {max(values):.3g}" in text
