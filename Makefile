@@ -49,9 +49,12 @@ soak: install
 	$(BIN)/pytest -m slow
 
 # Speed targets measured as ratios against minimal C programs (needs gcc).
+# Both always run: a missed server target must not hide the generator's figure.
 speed: install
-	$(BIN)/python benchmarks/server_cpu.py
-	$(BIN)/python benchmarks/loadgen_rate.py
+	status=0; \
+	$(BIN)/python benchmarks/server_cpu.py || status=$$?; \
+	$(BIN)/python benchmarks/loadgen_rate.py || status=$$?; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .benchmarks

@@ -15,7 +15,7 @@ C.  Its ratio to C is what the interpreter costs such a loop on this
 machine; the generator's ratio to the floor is what its recording and
 accounting cost, less what it gains by sending a round's messages together.
 
-usage: python benchmarks/loadgen_rate.py [--pairs 15] [--duration 1] [--conns 50] [--size 64]
+usage: python benchmarks/loadgen_rate.py [--pairs 30] [--duration 1] [--conns 50] [--size 64]
 Exit status: 0 target met; 1 below target, or no C compiler (said so); 2 bad setup.
 """
 

@@ -14,7 +14,7 @@ smallest Python loop doing the same syscalls as the C server.  Its ratio to C
 is what CPython itself costs on this machine; a model's ratio to the floor is
 what the model adds.
 
-usage: python benchmarks/server_cpu.py [--models epoll,...] [--pairs 15] [--duration 1]
+usage: python benchmarks/server_cpu.py [--models epoll,...] [--pairs 30] [--duration 1]
 Exit status: 0 target met; 1 above target, or no C compiler (said so); 2 bad setup.
 """
 
