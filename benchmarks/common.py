@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from scipy.stats import quantile_test
 
@@ -93,7 +93,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return float(interval.low), float(interval.high)
 
 
-def spread(values: list[float], target: float, better: str) -> str:
+def spread(values: list[float], target: float, better: Literal["below", "above"]) -> str:
     """How far one run's median can be trusted against the target, in words.
 
     `better` is "below" or "above": which side of the target meets it.
