@@ -31,7 +31,7 @@ from bench.judge import (
     Comparison,
     compare_runs,
 )
-from bench.results import ResultsError, load_results, resolve_run
+from bench.results import ResultsError, load_results, results_file
 
 STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", TOO_FEW: "yellow", NA: "dim",
          REFERENCE: "dim", NOISE: ""}
@@ -165,7 +165,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def load_pair(base: str, new: str, root: str) -> tuple[dict, dict]:
     """Both runs, or ResultsError with a one-line message."""
-    return (load_results(resolve_run(base, root)), load_results(resolve_run(new, root)))
+    return load_results(results_file(base, root)), load_results(results_file(new, root))
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:

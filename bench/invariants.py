@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterable
 
-from bench.results import ResultsError, group_points, load_results, metric, resolve_run
+from bench.results import ResultsError, group_points, load_results, metric, results_file
 
 # The idle point (clients) shared by polling and epoll, and the sparse points
 # (idle fds), that the quick suite measures; see /work/notes/INVARIANT-NEEDS.md.
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="results", help="where run ids are looked up")
     args = parser.parse_args(argv)
     try:
-        results = load_results(resolve_run(args.run, args.root))
+        results = load_results(results_file(args.run, args.root))
     except ResultsError as exc:
         print(f"bench.invariants: {exc}", file=sys.stderr)
         return 2

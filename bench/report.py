@@ -15,7 +15,7 @@ from bench.assertions import ipc_table, lock_table, memory_table
 from bench.claims import chat_table, mechanism_table
 from bench.findings import scenario_sentences
 from bench.measures import Run, scenario_order
-from bench.results import ResultsError, load_results, resolve_run
+from bench.results import ResultsError, load_results, results_file
 from bench.tables import (
     Table,
     environment_table,
@@ -45,12 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(arg: str | None, root: str) -> tuple[Path, dict]:
-    given = Path(arg) if arg else None
-    if given is not None and given.is_file():
-        # Any file name is accepted; the report goes next to it.
-        return given.resolve().parent, load_results(given)
-    run_dir = resolve_run(arg, root)
-    return run_dir, load_results(run_dir)
+    path = results_file(arg, root)
+    return path.parent, load_results(path)  # the report goes next to the results
 
 
 def build_tables(run: Run) -> tuple[list[Table], list[tuple[str, Table]]]:

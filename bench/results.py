@@ -10,8 +10,11 @@ Public API (stable; the report, compare and regression code import it):
   run directory holding one), check ``schema_version`` and the required keys of
   the run and of every trial.
 - ``resolve_run(arg=None, root="results") -> Path``: the run directory for a user
-  argument: ``None`` means ``ROOT/latest``; otherwise an existing directory, a
-  ``results.json`` file (its directory), or a run id under ``root``.
+  argument: ``None`` means ``ROOT/latest``; otherwise an existing directory or a
+  run id under ``root``.
+- ``results_file(arg=None, root="results") -> Path``: the results file a user
+  argument names: a file as given, whatever its name, else ``results.json`` in
+  ``resolve_run``'s directory.
 - ``write_results_atomic(path, data)``: write JSON to a temporary file in the same
   directory, fsync, then rename over ``path``, so a killed run never leaves a
   truncated file.
@@ -126,14 +129,21 @@ def resolve_run(arg: str | os.PathLike | None = None,
                                "(run `muxbench bench` first, or name a run)")
         return candidate.resolve()
     given = Path(arg)
-    if given.is_file():
-        return given.resolve().parent
     if given.is_dir():
         return given.resolve()
     if (root / given).is_dir():
         return (root / given).resolve()
     raise ResultsError(f"no such run: {arg} (neither a directory, a results.json, "
                        f"nor a run id under {root})")
+
+
+def results_file(arg: str | os.PathLike | None = None,
+                 root: str | os.PathLike = "results") -> Path:
+    # A file is taken as named: two runs saved side by side as base.json and
+    # new.json must not both turn into their directory's results.json.
+    if arg is not None and Path(arg).is_file():
+        return Path(arg).resolve()
+    return resolve_run(arg, root) / RESULTS_FILE
 
 
 def load_results(path_or_run_dir: str | os.PathLike) -> dict:

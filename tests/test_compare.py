@@ -229,6 +229,14 @@ def test_the_command_reports_a_missing_run_without_a_traceback(tmp_path, base):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_result_files_side_by_side_are_each_read_as_named(tmp_path, base, rerun):
+    # base.json and new.json in one directory: neither may be taken for results.json.
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "new.json").write_text(json.dumps(fake.scale(rerun, "thread", CPU, 2.0)))
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "new.json")]) == 1
+    assert main(["compare", str(tmp_path / "new.json"), str(tmp_path / "new.json")]) == 0
+
+
 def test_an_incomplete_run_is_compared_with_a_note(tmp_path, base, rerun, capsys):
     rerun["status"] = "interrupted"
     status, _ = _compare(tmp_path, base, rerun)

@@ -153,6 +153,10 @@ def test_cli_exit_status(tmp_path, healthy, capsys):
     assert invariants.main([str(good)]) == 0
     assert invariants.main([str(bad)]) == 1
     assert "FAIL polling_idle_cpu" in capsys.readouterr().out
+    renamed = tmp_path / "good" / "broken.json"  # beside a good results.json, read as named
+    (tmp_path / "bad" / "results.json").rename(renamed)
+    assert invariants.main([str(renamed)]) == 1
+    assert "FAIL polling_idle_cpu" in capsys.readouterr().out
     assert invariants.main([str(tmp_path / "missing")]) == 2
     assert "bench.invariants:" in capsys.readouterr().err
 
