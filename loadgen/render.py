@@ -55,7 +55,12 @@ def render(out: dict) -> str:
     errors = out["errors_by_kind"]
     lines.append("errors: " + (", ".join(f"{k} {n}" for k, n in sorted(errors.items()))
                                if errors else "none"))
-    lines.append(f"generator: {out['client_cpu_s']:.2f} CPU-s in the window, "
-                 f"{out['client_cpu_util']:.0%} of {out['self_check']['cpus_usable']} CPU(s); "
-                 + ("valid" if out["valid"] else f"INVALID: {out['invalid_reason']}"))
+    if out["window"]["start_unix"] is None:
+        # Nothing connected, so there was no window: no self-check to pass or fail.
+        lines.append("generator: not measured, the run never started")
+    else:
+        verdict = "valid" if out["valid"] else f"INVALID: {out['invalid_reason']}"
+        lines.append(f"generator: {out['client_cpu_s']:.2f} CPU-s in the window, "
+                     f"{out['client_cpu_util']:.0%} of {out['self_check']['cpus_usable']} "
+                     f"CPU(s); {verdict}")
     return "\n".join(lines)

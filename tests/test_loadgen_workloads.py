@@ -203,6 +203,14 @@ def test_unreachable_server_one_line_and_exit_2(workload: str) -> None:
     assert "cannot connect to 127.0.0.1:" in line and "ECONNREFUSED" in line
 
 
+def test_unreachable_server_summary_does_not_judge_a_run_that_never_started() -> None:
+    run = run_load(free_port(), "--clients", "3", "--duration", "0.3", "--warmup", "0",
+                   json_out=False)
+    assert run.status == 2
+    assert "0/3 connections" in run.stdout and "ECONNREFUSED 3" in run.stdout
+    assert run.stdout.rstrip().endswith("generator: not measured, the run never started")
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--host", "192.0.2.1"], "non-loopback"),
     (["--size", "8"], "--size must be at least"),
