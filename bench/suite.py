@@ -39,6 +39,7 @@ from bench.scenarios import (
     plan,
     scenario_models,
 )
+from servers.argtypes import positive_int
 from servers.models import MODELS
 
 
@@ -57,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"plus {REFERENCE} where gcc exists)")
     parser.add_argument("--scenarios", action="append", metavar="S[,S...]",
                         help="only these scenarios (repeatable): " + ", ".join(SCENARIOS))
-    parser.add_argument("--repeats", type=_positive, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="repeats of every point (default: the suite's)")
     parser.add_argument("--duration-scale", type=_positive_float, default=1.0,
                         help="multiply every measurement window and warm-up (default 1)")
@@ -67,12 +68,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure server CPU with psutil even where a cgroup could be made")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials the suite would run, and run none")
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return int(text)
 
 
 def _positive_float(text: str) -> float:

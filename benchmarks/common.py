@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
 sys.path.insert(0, str(ROOT))
 
-from loadgen.cli import number_in  # noqa: E402
 from loadgen.integrity import ECHO_MIN_SIZE  # noqa: E402
 from loadgen.native import echo_client_command  # noqa: E402
+from servers.argtypes import number_in  # noqa: E402
 from servers.reference import reference_server_command  # noqa: E402
 
 T = TypeVar("T")

@@ -22,6 +22,8 @@ import socket
 import sys
 import time
 
+from servers.argtypes import number_in
+
 # How long to keep printing after we half-closed, waiting for the server to close.
 DRAIN_SECONDS = 3.0
 # Stop reading stdin while this much is unsent: a piped flood must not grow us
@@ -37,16 +39,6 @@ class Unreachable(Exception):
 
 class ServerGone(Exception):
     """The server closed or reset the connection before we left."""
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
-    return value
 
 
 def _name(text: str) -> str:
@@ -70,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Exit 1 when the server goes away, 2 when it cannot be reached."
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, required=True, help="server port (required)")
+    parser.add_argument("--port", type=number_in(int, 1, 65535), required=True,
+                        help="server port (required)")
     parser.add_argument("--name", type=_name, default=_default_name(),
                         help="name put before each line (default: your user name, or guest)")
 

@@ -27,6 +27,7 @@ import textwrap
 from loadgen import engine, summary
 from loadgen.integrity import CHAT_MIN_SIZE, ECHO_MIN_SIZE
 from loadgen.render import render
+from servers.argtypes import number_in
 from servers.net import is_loopback, raise_nofile_limit
 
 WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")
@@ -34,21 +35,6 @@ WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")
 
 class UsageError(Exception):
     pass
-
-
-def number_in(kind: type, low: float, high: float | None = None):
-    """An argparse type: `kind` parsed from the text and checked to lie in [low, high]."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-    return parse
 
 
 def _cpu_list(text: str) -> list[int]:

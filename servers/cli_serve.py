@@ -13,25 +13,12 @@ import logging
 import sys
 
 from servers import shutdown
+from servers.argtypes import number_in, positive_int
 from servers.models import MODELS, Options
 from servers.net import ListenError, format_address, is_loopback, raise_nofile_limit, tcp_listen
 from servers.protocol import PROTOCOLS, Limits
 
 log = logging.getLogger("muxbench.serve")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 10 seconds, got {text}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,17 +29,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="echo (RFC 862) or chat (newline-delimited room); default echo")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; a name or IPv6 works)")
-    parser.add_argument("--port", type=int, default=0,
+    parser.add_argument("--port", type=number_in(int, 0, 65535), default=0,
                         help="port to bind; 0 picks a free one (default)")
     defaults = Limits()
-    parser.add_argument("--max-clients", type=_positive, default=None,
+    parser.add_argument("--max-clients", type=positive_int, default=None,
                         help="refuse connections beyond this many (default: no limit)")
-    parser.add_argument("--max-line", type=_positive, default=defaults.max_line,
+    parser.add_argument("--max-line", type=positive_int, default=defaults.max_line,
                         help=f"chat: longest line in bytes (default {defaults.max_line})")
-    parser.add_argument("--max-output", type=_positive, default=defaults.max_output,
+    parser.add_argument("--max-output", type=positive_int, default=defaults.max_output,
                         help="bytes queued for one client before it is dropped "
                              f"(default {defaults.max_output})")
-    parser.add_argument("--interval", type=_seconds, default=0.0,
+    parser.add_argument("--interval", type=number_in(float, 0, 10), default=0.0,
                         help="polling only: seconds to sleep between sweeps (default 0: busy-wait)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="log only warnings (dropped and refused clients), not every drop")

@@ -306,3 +306,10 @@ def test_bad_port_is_one_line_and_status_two(tmp_path):
         capture_output=True, text=True, timeout=10,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    # Past 65535 a port must be refused, not wrapped round to another one.
+    wrapped = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "serve", "epoll", "--port", "70000"],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert wrapped.returncode == 2 and wrapped.stdout == ""
+    assert "--port: must be between 0 and 65535" in wrapped.stderr.splitlines()[-1]

@@ -1,0 +1,33 @@
+"""argparse types the muxbench commands share: a bad value is one usage line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+
+def number_in(kind: type, low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: `kind` parsed from the text and checked to lie in [low, high]."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """A count or a size: 1, 2, 3 ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
