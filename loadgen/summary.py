@@ -145,6 +145,10 @@ def _verdict(cfg: Config, outcome: Outcome, out: dict) -> tuple[str | None, int]
     bad = {k: out[k] for k in ("lost", "corrupted", "duplicated", "reordered") if out[k]}
     if bad:
         problems.append("integrity: " + ", ".join(f"{k} {n}" for k, n in bad.items()))
+        if cfg.workload == "chat" and out["connected"] > 1 and out["deliveries"] == out["sent"]:
+            # What an echo server does with a room's lines: each goes back to its sender only.
+            problems.append("every line came back to its sender alone: "
+                            "is the server serving echo rather than chat?")
     if not out["valid"]:
         problems.append("invalid: " + out["invalid_reason"])
     return ("; ".join(problems), 1) if problems else (None, 0)

@@ -93,6 +93,18 @@ def test_chat_every_line_to_every_member_exactly_once(rate: str | None) -> None:
     assert out["mode"] == ("open" if rate else "closed")
 
 
+def test_chat_against_an_echo_server_says_so() -> None:
+    with serve("epoll", "echo") as server:
+        run = run_load(server.port, "--workload", "chat", "--clients", "3",
+                       "--duration", "0.3", "--warmup", "0.1")
+    assert run.status == 1
+    out = run.out
+    assert out["sent"] > 0 and out["deliveries"] == out["sent"]
+    assert out["lost"] == out["expected_deliveries"] - out["sent"] == 2 * out["sent"]
+    [line] = problem_lines(run)
+    assert "integrity: lost" in line and "serving echo rather than chat" in line
+
+
 class ChatRelay(FaultyServer):
     """A chat room (a thread per member) whose `fault(sender, index, receiver, line)`
     decides what each receiver gets for each line (the sender's index counts from 0)."""
