@@ -32,6 +32,7 @@ from bench.judge import (
     compare_runs,
 )
 from bench.results import ResultsError, load_results, results_file
+from servers.argtypes import float_where
 
 STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", TOO_FEW: "yellow", NA: "dim",
          REFERENCE: "dim", NOISE: ""}
@@ -106,18 +107,8 @@ def to_json(comparison: Comparison) -> dict:
 
 # -- the sub-command ---------------------------------------------------------------------
 
-def _ratio_threshold(text: str) -> float:
-    value = float(text)
-    if not value > 1:
-        raise argparse.ArgumentTypeError("must be a ratio greater than 1, e.g. 1.25")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError("must be between 0 and 1, e.g. 0.01")
-    return value
+_ratio_threshold = float_where(lambda v: v > 1, "must be a ratio greater than 1, e.g. 1.25")
+_probability = float_where(lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 0.01")
 
 
 def add_judging_options(parser: argparse.ArgumentParser) -> None:

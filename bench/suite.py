@@ -39,7 +39,7 @@ from bench.scenarios import (
     plan,
     scenario_models,
 )
-from servers.argtypes import positive_int
+from servers.argtypes import float_where, positive_int
 from servers.models import MODELS
 
 
@@ -60,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="only these scenarios (repeatable): " + ", ".join(SCENARIOS))
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="repeats of every point (default: the suite's)")
-    parser.add_argument("--duration-scale", type=_positive_float, default=1.0,
+    parser.add_argument("--duration-scale", default=1.0,
+                        type=float_where(lambda v: v > 0, "must be a positive number"),
                         help="multiply every measurement window and warm-up (default 1)")
     parser.add_argument("--out", default="results",
                         help="directory holding the runs and the `latest` link (default results)")
@@ -68,16 +69,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure server CPU with psutil even where a cgroup could be made")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials the suite would run, and run none")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str], list[str] | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,3 +32,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def float_where(holds: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """An argparse type: a float for which holds(value), else `wanted` as the error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan  # fails any test holds() makes
+        if not holds(value):
+            raise argparse.ArgumentTypeError(f"{wanted}, got {text}")
+        return value
+    return parse

@@ -251,12 +251,18 @@ def test_runs_with_nothing_in_common_exit_2(tmp_path, base, capsys):
     assert "nothing in common" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--threshold", "0.9"], ["--alpha", "2"]])
-def test_bad_options_exit_2(tmp_path, base, option):
+@pytest.mark.parametrize("option, wanted", [
+    (["--threshold", "0.9"], "a ratio greater than 1"),
+    (["--threshold", "abc"], "a ratio greater than 1"),
+    (["--alpha", "2"], "between 0 and 1"),
+    (["--alpha", "nan"], "between 0 and 1"),
+])
+def test_bad_options_exit_2(tmp_path, base, capsys, option, wanted):
     run_dir = str(fake.write(base, tmp_path / "run"))
     with pytest.raises(SystemExit) as exc:
         main(["compare", run_dir, run_dir, *option])
     assert exc.value.code == 2
+    assert f"{option[0]}: must be {wanted}" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_help_explains_repeats_and_exit_status(capsys):
