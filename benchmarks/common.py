@@ -43,6 +43,9 @@ def run_main(name: str, main: Callable[[], int]) -> None:
     except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         status = 2
+    except KeyboardInterrupt:  # Ctrl-C: the finally blocks have stopped what was started
+        print(f"{name}: interrupted", file=sys.stderr)
+        status = 130
     sys.exit(status)
 
 
@@ -134,11 +137,16 @@ def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
     """Start a server pinned to `cpu` in its own process group; (process, port)."""
     proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=pinned(cpu))
-    line = proc.stdout.readline()
-    if "listening on " not in line:
+    try:
+        line = proc.stdout.readline()
+        if "listening on " not in line:
+            raise RuntimeError(f"server {cmd[0]} did not start: {line!r}")
+        return proc, int(line.rsplit(":", 1)[1])
+    except BaseException:
+        # Ctrl-C while it starts included: in a session of its own, the
+        # terminal's signal never reaches it, so nobody else will stop it.
         stop(proc)
-        raise RuntimeError(f"server {cmd[0]} did not start: {line!r}")
-    return proc, int(line.rsplit(":", 1)[1])
+        raise
 
 
 def stop(proc: subprocess.Popen) -> None:

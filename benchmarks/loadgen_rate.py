@@ -16,7 +16,8 @@ machine; the generator's ratio to the floor is what its recording and
 accounting cost, less what it gains by sending a round's messages together.
 
 usage: python benchmarks/loadgen_rate.py [--pairs 30] [--duration 1] [--conns 50] [--size 64]
-Exit status: 0 target met; 1 below target, or no C compiler (said so); 2 bad setup.
+Exit status: 0 target met; 1 below target, or no C compiler (said so); 2 bad setup;
+130 interrupted (Ctrl-C), with every process it started stopped.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ is what CPython itself costs on this machine; a model's ratio to the floor is
 what the model adds.
 
 usage: python benchmarks/server_cpu.py [--models epoll,...] [--pairs 30] [--duration 1]
-Exit status: 0 target met; 1 above target, or no C compiler (said so); 2 bad setup.
+Exit status: 0 target met; 1 above target, or no C compiler (said so); 2 bad setup;
+130 interrupted (Ctrl-C), with every process it started stopped.
 """
 
 from __future__ import annotations

@@ -14,15 +14,17 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from benchmarks.common import median_interval, spread
 from servers.reference import reference_server_command
 from tests.faulty_servers import FaultyServer, at, echo, flipping
-from tests.support import ROOT, listening, process_tree, recv_exactly
+from tests.support import ROOT, kill_group, listening, process_tree, recv_exactly
 
 FLOOR = ROOT / "benchmarks" / "floor"
 FLOOR_SERVER = [sys.executable, str(FLOOR / "echo_server.py"), "--port", "0"]
@@ -110,6 +112,59 @@ def _is_speed_process(pid: str) -> bool:
     except OSError:  # gone meanwhile
         return False
     return any(b"benchmarks/floor/" in arg or b"/muxbench/echo_" in arg for arg in argv)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_cc
+@needs_two_cpus
+@pytest.mark.parametrize("script, starting", [
+    # Python servers take a while to say "listening": Ctrl-C lands while the
+    # script waits for that line, before it holds the server in a try block.
+    ("server_cpu.py", b"floor/echo_server.py"),
+    ("loadgen_rate.py", b"floor/echo_client.py"),
+])
+def test_ctrl_c_ends_a_speed_script_in_one_line_and_leaves_nothing(script, starting):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--pairs", "20", "--duration", "0.3",
+         "--conns", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen.update(process_tree(proc.pid))
+            if any(starting in _cmdline(pid) for pid in seen):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"{script} never started {starting.decode()}")
+        # What Ctrl-C sends the script.  Its servers run in sessions of their
+        # own, where the terminal's signal never reaches them: the script
+        # must stop them itself.
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == [f"{script.removesuffix('.py')}: interrupted"]
+    time.sleep(0.2)  # a killed child of the script's is reaped by init once the script is gone
+    assert [pid for pid in seen if _running(pid)] == []
 
 
 @pytest.mark.parametrize("script, args, says", [
