@@ -16,7 +16,8 @@ def number_in(kind: type, low: float, high: float | None = None) -> Callable[[st
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < low or (high is not None and value > high):
+        # float() accepts "nan" and "inf"; neither is a rate, a duration or a size.
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
             bound = f">= {low}" if high is None else f"between {low} and {high}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value

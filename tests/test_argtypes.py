@@ -26,6 +26,13 @@ def test_number_in_refuses_with_the_range(text, message):
         number_in(int, 0, 65535)(text)
 
 
+@pytest.mark.parametrize("high", [10, None])
+@pytest.mark.parametrize("text", ["nan", "inf"])
+def test_number_in_refuses_what_is_not_finite(high, text):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"got {text}"):
+        number_in(float, 0, high)(text)
+
+
 def test_number_in_without_a_top_is_open_upwards():
     assert number_in(float, 0.5)("1e9") == 1e9
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape("must be >= 0.5, got 0.4")):
