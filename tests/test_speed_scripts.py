@@ -104,22 +104,19 @@ def test_speed_script_runs_a_short_round_and_leaves_nothing(script, verdict):
     assert strays == []
 
 
-def _is_speed_process(pid: str) -> bool:
-    """A floor program or a C yardstick still running (they run in sessions of their own)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:  # gone meanwhile
-        return False
-    return any(b"benchmarks/floor/" in arg or b"/muxbench/echo_" in arg for arg in argv)
-
-
-def _cmdline(pid: int) -> bytes:
+def _cmdline(pid: int | str) -> bytes:
+    """The NUL-separated argv of pid; empty once it has gone (or is a zombie)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
     except OSError:  # gone meanwhile
         return b""
+
+
+def _is_speed_process(pid: str) -> bool:
+    """A floor program or a C yardstick still running (they run in sessions of their own)."""
+    return any(b"benchmarks/floor/" in arg or b"/muxbench/echo_" in arg
+               for arg in _cmdline(pid).split(b"\0"))
 
 
 def _running(pid: int) -> bool:
