@@ -134,17 +134,32 @@ def placement_and_tools(name: str) -> tuple[int, int, list[str], list[str]]:
 
 
 def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
-    """Start a server pinned to `cpu` in its own process group; (process, port)."""
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=pinned(cpu))
+    """Start a server pinned to `cpu` in its own process group; (process, port).
+
+    In a session of its own the terminal's Ctrl-C never reaches the server:
+    stopping it is ours alone, so Ctrl-C is held off until it is ours to stop.
+    Landing inside Popen, it would leave a started server behind (Popen closes
+    the pipes of a child it was interrupted starting, and lets it run).
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def child_setup() -> None:  # the server starts with the signal mask we had
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        os.sched_setaffinity(0, {cpu})
+
     try:
+        proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True, preexec_fn=child_setup)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held till now lands here
         line = proc.stdout.readline()
         if "listening on " not in line:
             raise RuntimeError(f"server {cmd[0]} did not start: {line!r}")
         return proc, int(line.rsplit(":", 1)[1])
     except BaseException:
-        # Ctrl-C while it starts included: in a session of its own, the
-        # terminal's signal never reaches it, so nobody else will stop it.
         stop(proc)
         raise
 

@@ -151,10 +151,10 @@ def test_ctrl_c_ends_a_speed_script_in_one_line_and_leaves_nothing(script, start
             time.sleep(0.01)
         else:
             pytest.fail(f"{script} never started {starting.decode()}")
-        # What Ctrl-C sends the script.  Its servers run in sessions of their
-        # own, where the terminal's signal never reaches them: the script
-        # must stop them itself.
-        os.kill(proc.pid, signal.SIGINT)
+        # What Ctrl-C sends: SIGINT to the foreground process group, the script
+        # and its clients.  Its servers run in sessions of their own, where the
+        # terminal's signal never reaches them: the script must stop them itself.
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         kill_group(proc)
