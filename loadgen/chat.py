@@ -44,7 +44,6 @@ class ChatConn:
 class ChatWorker(Worker):
     def prepare(self, socks: dict[int, socket.socket]) -> dict[int, socket.socket]:
         self.conns = {}
-        self.ws = self.we = 0  # join lines belong to no window
         for cid, sock in socks.items():
             c = ChatConn(cid, sock)
             self.conns[c.fd] = c
@@ -97,7 +96,12 @@ class ChatWorker(Worker):
 
     def stop_sending(self) -> None:
         self.chan.send(("sent", sum(max(0, c.seq - 1) for c in self.all)))
-        self.ep.register(self.chan.fileno(), IN)
+
+    def told(self, kind: str, value: object) -> None:
+        if kind == "total":
+            self.total = value
+        else:
+            super().told(kind, value)
 
     def drained(self) -> bool:
         return self.total is not None and all(
@@ -145,7 +149,8 @@ class ChatWorker(Worker):
                 c = self.conns.get(fd)
                 if c is None:
                     if fd == chan_fd:
-                        self.total = self.chan.recv()[1]
+                        self.hear(phases)
+                        we = self.we
                     elif timer is not None and fd == timer.fd:
                         timer.clear()
                     continue

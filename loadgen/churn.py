@@ -127,6 +127,7 @@ class ChurnWorker(Worker):
         for s in self.slots:
             self.begin(s, now)
         phases = Phases(self, go.window, self.plan.drain_s)
+        chan_fd = self.chan.fileno()
         sweep = now + SWEEP_NS
         while phases.advance(now := clock()):
             if not phases.sending:
@@ -146,6 +147,8 @@ class ChurnWorker(Worker):
             for fd, ev in self.ep.poll(timeout):
                 s = self.conns.get(fd)
                 if s is None:
+                    if fd == chan_fd:
+                        self.hear(phases)
                     continue
                 t = clock()
                 if not s.frame:

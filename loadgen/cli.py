@@ -12,7 +12,10 @@ sent == received + corrupted + lost (chat: expected_deliveries ==
 deliveries + corrupted + lost).  Exit status: 0 clean run; 1 errors,
 integrity failures or an invalid run (the generator was the bottleneck);
 2 bad usage or a server that could not be reached -- partial results are
-printed in every case.
+printed in every case; 130 Ctrl-C.  Ctrl-C inside the measurement window
+ends the window there, waits for the replies still due (--drain) and reports
+on the shorter window; a second Ctrl-C, or one before the window opens,
+abandons the run with nothing to report.
 """
 
 from __future__ import annotations

@@ -140,6 +140,15 @@ class EchoWorker(Worker):
         if nxt < self.we:
             heapq.heappush(self.heap, (nxt, c.cid))
 
+    def stop_sending(self) -> None:
+        """Open loop: drop what a cut window (Ctrl-C) no longer holds."""
+        we = self.we
+        self.heap[:] = [item for item in self.heap if item[0] < we]
+        heapq.heapify(self.heap)
+        for c in self.active:
+            if c.waiting is not None and c.waiting >= we:
+                c.waiting = None
+
     def fire(self, now: int) -> None:
         heap, depth = self.heap, self.plan.depth
         while heap and heap[0][0] <= now:
@@ -179,7 +188,7 @@ class EchoWorker(Worker):
         return [buf[i:i + size] for i in range(0, whole, size)]
 
     def run(self, go: Go) -> None:
-        self.ws, self.we = ws, we = window = go.window
+        self.ws, self.we = ws, we = go.window
         plan, open_loop = self.plan, self.open_loop
         clock = time.perf_counter_ns
         timer = Timer() if open_loop else None
@@ -196,14 +205,18 @@ class EchoWorker(Worker):
         heap, armed = self.heap, 0
         record, serve = self.latency.append, self.service.append
         bufsize = min(RECV_SIZE, size * depth)
-        phases = Phases(self, window, plan.drain_s)
+        phases = Phases(self, go.window, plan.drain_s)
+        chan_fd = self.chan.fileno()
         refill = not open_loop
         received = sent = 0  # locals on the hot path; added to the tally at the end
         while True:
             for fd, ev in events:
                 c = conns.get(fd)
                 if c is None:
-                    if timer is not None and fd == timer.fd:
+                    if fd == chan_fd:
+                        self.hear(phases)
+                        we = self.we
+                    elif timer is not None and fd == timer.fd:
                         timer.clear()
                         armed = 0
                     continue
@@ -303,6 +316,7 @@ class EchoWorker(Worker):
             c.waiting is not None for c in self.all if c.alive)
         if unsent:
             self.errors["unsent at drain end"] += unsent
+        window = Window(ws, we)
         for c in self.all:
             tally.lost += count_unanswered(c.inflight, c.missing, window)
             if c.alive:

@@ -6,7 +6,8 @@ them one common start time and measurement window.  It prints the window
 markers at the moments the window opens and closes, relays the chat drain
 barrier, and collects each worker's counters and raw samples.  Every worker
 dies with the parent (PR_SET_PDEATHSIG) and is SIGKILLed and reaped in
-`finally` -- after a hard time cap, an error or Ctrl-C alike.
+`finally` -- after a hard time cap, an error or Ctrl-C alike.  Ctrl-C inside
+the window first cuts the window short and still collects the results.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from loadgen.worker import CONNECT_BATCH, Go, Plan
 
 # Slack on top of connect time + warm-up + duration + drain before everything is killed.
 GRACE_S = 5.0
-# Time between the start signal and t0, so that every worker is waiting when it comes.
-START_DELAY_NS = 30_000_000
+# Time between a message to the workers and the instant it names (the start,
+# or the end of a window cut short), so that every worker has it by then.
+LEAD_NS = 30_000_000
 PR_SET_PDEATHSIG = 1
 
 
@@ -63,6 +65,12 @@ class Outcome:
     clock_offset: float               # time.time() - perf_counter at the start
     missing_workers: int              # workers that died or timed out without a result
     procs: int
+    interrupted: bool = False         # Ctrl-C cut the window short
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the measurement window as it was run (0 when it never opened)."""
+        return 0.0 if self.window is None else (self.window.end - self.window.start) / 1e9
 
 
 def _worker_class(workload: str) -> type:
@@ -200,14 +208,24 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
     try:
         ready = workers.gather("ready", started + connect_budget + GRACE_S)
         connected = sum(r[0] for r in ready.values())
-        window = None
+        window, interrupted = None, False
         if connected or cfg.workload == "churn":
-            t0 = time.perf_counter_ns() + START_DELAY_NS
+            t0 = time.perf_counter_ns() + LEAD_NS
             window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
             workers.send(("go", Go(t0, window)))
             _sleep_until(window.start)
             marker("window start")
-            _sleep_until(window.end)
+            try:
+                _sleep_until(window.end)
+            except KeyboardInterrupt:
+                # Ctrl-C inside the window: close it early, in every worker
+                # at the same instant, and report what it saw.  A second
+                # Ctrl-C (during the drain, say) abandons the run.
+                end = time.perf_counter_ns() + LEAD_NS
+                if end < window.end:
+                    workers.send(("cut", end))
+                    window, interrupted = Window(window.start, end), True
+                _sleep_until(window.end)
             marker("window end")
             if cfg.workload == "chat":
                 sent = workers.gather("sent", hard_cap)
@@ -216,6 +234,6 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             workers.send(("stop",))
         results = workers.gather("result", hard_cap)
         return Outcome([r[0] for _, r in sorted(results.items())], connected, window,
-                       clock_offset, procs - len(results), procs)
+                       clock_offset, procs - len(results), procs, interrupted)
     finally:
         workers.close()

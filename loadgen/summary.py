@@ -4,7 +4,8 @@ The keys are the contract in CONTRACTS.md section 2; a few more (self_check,
 hdr_workers, message, ...) add what the issue asks for.  This is also where a
 run is judged: `valid` is false when the generator itself was the bottleneck,
 and `exit_status` says whether the run was clean (0), had errors or integrity
-failures or was invalid (1), or could not reach the server at all (2).
+failures or was invalid (1), could not reach the server at all (2), or was
+cut short by Ctrl-C (130).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def build(cfg: Config, outcome: Outcome) -> dict:
     service, service_hdrs = _histograms(results, "service")
     own_lag = as_numpy([r.get("own_lag", b"") for r in results])
     cpu_s = _sum(results, "cpu_ns") / 1e9
-    util = cpu_s / (cfg.duration * _cpus_usable(cfg, outcome.procs)) if cfg.duration else 0.0
+    duration = outcome.duration_s if outcome.interrupted else cfg.duration
+    util = cpu_s / (duration * _cpus_usable(cfg, outcome.procs)) if duration else 0.0
     reasons = _judge(outcome, util, own_lag)
     open_loop = cfg.rate is not None and cfg.workload == "echo"
     out = {
@@ -70,11 +72,11 @@ def build(cfg: Config, outcome: Outcome) -> dict:
         "mode": "open" if cfg.rate is not None and cfg.workload in ("echo", "chat") else "closed",
         "clients": cfg.clients, "connected": outcome.connected, "size": cfg.size,
         "rate": cfg.rate, "arrival": cfg.arrival if cfg.rate is not None else None,
-        "depth": cfg.depth, "duration_s": cfg.duration, "warmup_s": cfg.warmup,
+        "depth": cfg.depth, "duration_s": duration, "warmup_s": cfg.warmup,
         "drain_s": cfg.drain, "procs": outcome.procs, "seed": cfg.seed,
         **tally,
         "errors": sum(errors.values()), "errors_by_kind": errors,
-        "throughput_msgs_s": tally["received"] / cfg.duration if cfg.duration else 0.0,
+        "throughput_msgs_s": tally["received"] / duration if duration else 0.0,
         "latency_us": summarize(latency) if cfg.workload != "idle" else empty_summary(),
         "service_time_us": summarize(service) if open_loop else None,
         "late_sends": _sum(results, "late_sends"),
@@ -94,6 +96,7 @@ def build(cfg: Config, outcome: Outcome) -> dict:
                                     if own_lag.size else None),
         },
         "window": _window(outcome),
+        "interrupted": outcome.interrupted,
         "hdr": {"latency": hdr_merge(latency_hdrs), "service_time": hdr_merge(service_hdrs)},
         "hdr_workers": [{"latency": lat, "service_time": svc}
                         for lat, svc in zip(latency_hdrs, service_hdrs, strict=True)],
@@ -120,7 +123,7 @@ def _workload_fields(cfg: Config, outcome: Outcome, out: dict) -> None:
         out["lost"] = max(0, expected - out["received"] - out["corrupted"])
     elif cfg.workload == "churn":
         connects = as_numpy([r.get("connect", b"") for r in results])
-        out["connections_per_s"] = _sum(results, "cycles") / cfg.duration
+        out["connections_per_s"] = _sum(results, "cycles") / out["duration_s"]
         out["connect_latency_us"] = summarize(connects)
         # Connections come and go: count those established inside the window.
         out["connected"] = int(connects.size)
@@ -138,6 +141,9 @@ def _verdict(cfg: Config, outcome: Outcome, out: dict) -> tuple[str | None, int]
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(errors.items())) or "no answer"
         return f"cannot connect to {target}: {kinds}", 2
     problems = []
+    if out["interrupted"]:
+        problems.append(f"interrupted: the window was cut short at {out['duration_s']:.2f} s "
+                        f"of {cfg.duration:g} s; the results cover that much")
     if out["connected"] < cfg.clients and cfg.workload != "churn":
         problems.append(f"{cfg.clients - out['connected']} of {cfg.clients} connections failed")
     if out["errors"]:
@@ -151,4 +157,6 @@ def _verdict(cfg: Config, outcome: Outcome, out: dict) -> tuple[str | None, int]
                             "is the server serving echo rather than chat?")
     if not out["valid"]:
         problems.append("invalid: " + out["invalid_reason"])
-    return ("; ".join(problems), 1) if problems else (None, 0)
+    if not problems:
+        return None, 0
+    return "; ".join(problems), 130 if out["interrupted"] else 1

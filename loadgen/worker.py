@@ -4,7 +4,9 @@ A worker is a forked child that owns a share of the connections and runs one
 epoll loop over them.  It talks to the parent over a socketpair in three
 steps: it reports `ready` once its connections are up, waits for `go` (the
 common start time and measurement window, as CLOCK_MONOTONIC nanoseconds,
-which every process on the machine shares), then returns its `result`.
+which every process on the machine shares), then returns its `result`.  On
+Ctrl-C the parent sends `cut`, a nearer end of the window: the worker stops
+sending there, drains as usual and reports what the shorter window saw.
 """
 
 from __future__ import annotations
@@ -104,11 +106,12 @@ class Phases:
     new sends at the window's end, and returns False once the drain is over.
     """
 
-    __slots__ = ("marks", "next", "sending", "worker")
+    __slots__ = ("drain_ns", "marks", "next", "sending", "worker")
 
     def __init__(self, worker: Worker, window: Window, drain_s: float) -> None:
         self.worker = worker
-        self.marks = deque([window.start, window.end, window.end + int(drain_s * 1e9)])
+        self.drain_ns = int(drain_s * 1e9)
+        self.marks = deque([window.start, window.end, window.end + self.drain_ns])
         self.next = window.start
         self.sending = True
 
@@ -124,6 +127,23 @@ class Phases:
             self.worker.stop_sending()
         self.next = self.marks[0]
         return True
+
+    def cut(self, end: int) -> None:
+        """Ctrl-C: close the window at `end` (ns) if it is still open then.
+
+        Never earlier than now: every message stamped so far was counted
+        against the window as it stood, so the new end must still hold them
+        all -- sent, received and lost keep adding up.  The drain that follows
+        is as long as it would have been.
+        """
+        if len(self.marks) < 2:
+            return  # the window has closed already
+        end = max(end, time.perf_counter_ns())
+        if end >= self.marks[-2]:
+            return
+        self.marks[-2], self.marks[-1] = end, end + self.drain_ns
+        self.next = self.marks[0]
+        self.worker.we = end
 
     def timeout(self, now: int) -> float:
         """Seconds until the next mark, for epoll."""
@@ -144,6 +164,9 @@ class Worker:
         self.tally = Tally()
         self.latency = new_samples()
         self.service = new_samples()
+        # The measurement window (ns), set by run(); until then empty, so that
+        # nothing sent while preparing (chat's join lines) falls inside it.
+        self.ws = self.we = 0
         self.cpu_window_ns = 0
         self._cpu_mark = 0
 
@@ -242,6 +265,9 @@ class Worker:
         message = self.chan.recv()
         self.adopt(socks)
         if message[0] == "go":
+            # The parent speaks during the run only to cut the window short
+            # (Ctrl-C) or, in chat, to say how many lines the drain awaits.
+            self.ep.register(self.chan.fileno(), IN)
             self.run(message[1])
         else:
             for sock in socks.values():
@@ -251,6 +277,18 @@ class Worker:
     def prepare(self, socks: dict[int, socket.socket]) -> dict[int, socket.socket]:
         """Anything to do with the connections before reporting ready."""
         return socks
+
+    def hear(self, phases: Phases) -> None:
+        """The parent's channel is readable in the middle of the run."""
+        kind, value = self.chan.recv()
+        if kind == "cut":
+            phases.cut(value)
+        else:
+            self.told(kind, value)
+
+    def told(self, kind: str, value: object) -> None:
+        """A workload-specific message from the parent."""
+        raise ValueError(f"unexpected message from the parent: {kind!r}")
 
     def stop_sending(self) -> None:
         """The window closed: no new messages from here on (the drain begins)."""

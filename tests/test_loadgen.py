@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from loadgen.integrity import Pattern, chat_line, parse_chat_line
+from loadgen.integrity import Pattern, Window, chat_line, parse_chat_line
+from loadgen.worker import Phases
 from tests.faulty_servers import at, echo, faulty_server, flipping
 from tests.support import FAST, assert_clean_exit, problem_lines, run_load
 
@@ -183,3 +184,59 @@ def test_echo_frame_any_damaged_byte_is_rejected() -> None:
         damaged = bytearray(frame)
         damaged[i] ^= 0x20
         assert pattern.seq_of(bytes(damaged)) is None, i
+
+
+class MarkLog:
+    """What a worker hears from its Phases, written down."""
+
+    def __init__(self) -> None:
+        self.we: int | None = None
+        self.calls: list[str] = []
+
+    def cpu_mark(self) -> None:
+        self.calls.append("cpu")
+
+    def stop_sending(self) -> None:
+        self.calls.append("stop")
+
+
+S = 1_000_000_000
+
+
+def test_a_cut_moves_the_window_end_and_the_drain_with_it() -> None:
+    now = time.perf_counter_ns()
+    log = MarkLog()
+    phases = Phases(log, Window(now + S, now + 10 * S), drain_s=2)
+    phases.cut(now + 3 * S)  # heard before the window opened: only its end moves
+    assert phases.next == now + S
+    assert list(phases.marks) == [now + S, now + 3 * S, now + 5 * S]
+    assert log.we == now + 3 * S
+    assert phases.advance(now + S) and phases.sending and log.calls == ["cpu"]
+    assert phases.advance(now + 3 * S) and not phases.sending
+    assert log.calls == ["cpu", "cpu", "stop"]
+    assert phases.advance(now + 5 * S - 1) and not phases.advance(now + 5 * S)
+
+
+def test_a_cut_never_shortens_the_window_below_now_nor_lengthens_it() -> None:
+    now = time.perf_counter_ns()
+    log = MarkLog()
+    phases = Phases(log, Window(now - S, now + 10 * S), drain_s=1)
+    phases.advance(now)
+    phases.cut(now + 20 * S)  # past the planned end: the window stays as it was
+    assert (list(phases.marks), log.we) == ([now + 10 * S, now + 11 * S], None)
+    # An end already gone by when the cut is heard: messages were counted
+    # against the window until now, so it may end no earlier than now.
+    phases.cut(now - S // 2)
+    assert now <= log.we <= time.perf_counter_ns()
+    assert list(phases.marks) == [log.we, log.we + S] and phases.next == log.we
+
+
+def test_a_cut_after_the_window_closed_changes_nothing() -> None:
+    now = time.perf_counter_ns()
+    log = MarkLog()
+    phases = Phases(log, Window(now - 2 * S, now - S), drain_s=5)
+    phases.advance(now)
+    phases.advance(now)
+    assert not phases.sending
+    phases.cut(now)
+    assert (list(phases.marks), phases.next, log.we) == ([now + 4 * S], now + 4 * S, None)

@@ -14,6 +14,7 @@ import time
 import pytest
 from hdrh.histogram import HdrHistogram
 
+from loadgen.render import render
 from tests.faulty_servers import FaultyServer, echo
 from tests.support import (
     FAST,
@@ -26,6 +27,7 @@ from tests.support import (
     process_tree,
     run_load,
     serve,
+    wait_for,
 )
 
 CONTRACT_KEYS = {
@@ -262,6 +264,82 @@ def test_no_worker_outlives_the_generator(sig: int) -> None:
             kill_group(proc)
             proc.stdout.close()
             proc.stderr.close()
+
+
+@pytest.mark.parametrize(("protocol", "args"), [
+    ("echo", ["--depth", "2"]),
+    ("echo", ["--rate", "3000"]),
+    # A message a second per connection: when the cut comes, each has one due
+    # after it, later than the drain lasts.  Not sent, and not missed either.
+    ("echo", ["--rate", "6", "--drain", "0.2"]),
+    ("echo", ["--workload", "sparse", "--active", "2"]),
+    ("echo", ["--workload", "idle"]),
+    ("echo", ["--workload", "churn"]),
+    ("chat", ["--workload", "chat"]),
+    ("chat", ["--workload", "chat", "--rate", "400"]),
+], ids=["echo", "echo-open", "echo-open-slow", "sparse", "idle", "churn", "chat", "chat-open"])
+def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: list[str]) -> None:
+    with serve("epoll", protocol) as server:
+        proc = start_load(server.port, "--clients", "6", "--procs", "2", "--duration", "30",
+                          "--warmup", "0.2", *args)
+        try:
+            assert proc.stderr.readline().strip() == MARKERS[0]
+            workers = process_tree(proc.pid)
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: workers get it too
+            stdout, stderr = proc.communicate(timeout=10)
+            assert proc.returncode == 130, stderr
+            assert wait_gone(workers)
+        finally:
+            kill_group(proc)
+    out = json.loads(stdout)
+    assert out["interrupted"] is True
+    assert 0.5 <= out["duration_s"] < 5
+    window = out["window"]
+    assert window["end_unix"] - window["start_unix"] == pytest.approx(out["duration_s"], abs=1e-3)
+    clean(out)
+    if protocol == "chat":
+        assert out["expected_deliveries"] == out["deliveries"] == out["sent"] * 6 > 0
+    elif "idle" not in args:
+        assert out["sent"] == out["received"] > 0
+    assert out["throughput_msgs_s"] == pytest.approx(out["received"] / out["duration_s"])
+    if "--rate" in args:  # open loop: what was due in the shorter window, all of it
+        rate = float(args[args.index("--rate") + 1])
+        # Each of the 6 connections has its own schedule: one message either way.
+        assert out["sent"] == pytest.approx(rate * out["duration_s"], abs=6)
+    assert stderr.splitlines() == [
+        MARKERS[1], f"muxbench load: interrupted: the window was cut short at "
+                    f"{out['duration_s']:.2f} s of 30 s; the results cover that much"]
+    assert f"{out['duration_s']:.4g} s window (cut short by Ctrl-C) after 0.2 s" in render(out)
+
+
+def test_ctrl_c_outside_the_window_abandons_the_run() -> None:
+    """Before the window opens there is nothing to report; during the drain a
+    second Ctrl-C is the way out of a wait for a server that stopped answering."""
+    with serve("epoll") as server:
+        early = start_load(server.port, "--clients", "2", "--warmup", "30")
+        late = start_load(server.port, "--clients", "2", "--procs", "2", "--duration", "30",
+                          "--warmup", "0", "--drain", "30")
+        try:
+            assert late.stderr.readline().strip() == MARKERS[0]
+            assert wait_for(lambda: len(process_tree(early.pid)) == 2)
+            workers = process_tree(early.pid) + process_tree(late.pid)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            os.killpg(late.pid, signal.SIGINT)
+            assert late.stderr.readline().strip() == MARKERS[1]
+            time.sleep(0.5)
+            assert late.poll() is None  # waiting for the replies the stopped server owes
+            for proc in (early, late):
+                os.killpg(proc.pid, signal.SIGINT)
+                stdout, stderr = proc.communicate(timeout=5)
+                assert proc.returncode == 130
+                assert stdout == ""
+                assert stderr.splitlines()[-1] == "muxbench load: interrupted"
+            assert wait_gone(workers)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+            kill_group(early)
+            kill_group(late)
 
 
 def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
