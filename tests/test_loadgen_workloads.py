@@ -307,9 +307,12 @@ def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: lis
         rate = float(args[args.index("--rate") + 1])
         # Each of the 6 connections has its own schedule: one message either way.
         assert out["sent"] == pytest.approx(rate * out["duration_s"], abs=6)
+    # A busy machine can make the generator fall behind its schedule: that is
+    # reported too, after the interruption, and is not what this test checks.
+    invalid = "" if out["valid"] else f"; invalid: {out['invalid_reason']}"
     assert stderr.splitlines() == [
         MARKERS[1], f"muxbench load: interrupted: the window was cut short at "
-                    f"{out['duration_s']:.2f} s of 30 s; the results cover that much"]
+                    f"{out['duration_s']:.2f} s of 30 s; the results cover that much{invalid}"]
     assert f"{out['duration_s']:.4g} s window (cut short by Ctrl-C) after 0.2 s" in render(out)
 
 
