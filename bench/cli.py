@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # name -> (module, one-line help)
@@ -24,6 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("muxbench")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree never installed
+        return "(not installed)"
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="muxbench",
@@ -31,6 +39,7 @@ def _top_parser() -> argparse.ArgumentParser:
         epilog="Run `muxbench COMMAND --help` for the options of one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"muxbench {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
