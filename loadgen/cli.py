@@ -12,10 +12,10 @@ sent == received + corrupted + lost (chat: expected_deliveries ==
 deliveries + corrupted + lost).  Exit status: 0 clean run; 1 errors,
 integrity failures or an invalid run (the generator was the bottleneck);
 2 bad usage or a server that could not be reached -- partial results are
-printed in every case; 130 Ctrl-C.  Ctrl-C inside the measurement window
-ends the window there, waits for the replies still due (--drain) and reports
-on the shorter window; a second Ctrl-C, or one before the window opens,
-abandons the run with nothing to report.
+printed in every case; 130 interrupted.  Ctrl-C (or SIGTERM) inside the
+measurement window ends the window there, waits for the replies still due
+(--drain) and reports on the shorter window; a second one, or one before
+the window opens, abandons the run with nothing to report.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -142,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(f"muxbench load: {text}", file=sys.stderr, flush=True)
 
-    outcome = engine.run(cfg, family, address, marker)
+    # SIGTERM (from `timeout`, say) ends a run as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        outcome = engine.run(cfg, family, address, marker)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     out = summary.build(cfg, outcome)
     if args.json:
         print(json.dumps(out), flush=True)

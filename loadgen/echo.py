@@ -141,7 +141,7 @@ class EchoWorker(Worker):
             heapq.heappush(self.heap, (nxt, c.cid))
 
     def stop_sending(self) -> None:
-        """Open loop: drop what a cut window (Ctrl-C) no longer holds."""
+        """Open loop: drop what a window cut short (Ctrl-C) no longer holds."""
         we = self.we
         self.heap[:] = [item for item in self.heap if item[0] < we]
         heapq.heapify(self.heap)

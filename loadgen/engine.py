@@ -7,7 +7,8 @@ markers at the moments the window opens and closes, relays the chat drain
 barrier, and collects each worker's counters and raw samples.  Every worker
 dies with the parent (PR_SET_PDEATHSIG) and is SIGKILLed and reaped in
 `finally` -- after a hard time cap, an error or Ctrl-C alike.  Ctrl-C inside
-the window first cuts the window short and still collects the results.
+the window (KeyboardInterrupt) first cuts the window short and still
+collects the results.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Outcome:
     clock_offset: float               # time.time() - perf_counter at the start
     missing_workers: int              # workers that died or timed out without a result
     procs: int
-    interrupted: bool = False         # Ctrl-C cut the window short
+    interrupted: bool = False         # Ctrl-C or SIGTERM cut the window short
 
     @property
     def duration_s(self) -> float:
@@ -109,8 +110,10 @@ def _child(index: int, plan: Plan, chan: Connection, cls: type, parent: int,
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The parent handles Ctrl-C and SIGTERM, sent to the whole group or
+        # not: it cuts the window short, collects the results, then kills us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if cpus:
             os.sched_setaffinity(0, {cpus[index % len(cpus)]})
         # The hot loops make no reference cycles; a collector pass in the
@@ -218,9 +221,9 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             try:
                 _sleep_until(window.end)
             except KeyboardInterrupt:
-                # Ctrl-C inside the window: close it early, in every worker
-                # at the same instant, and report what it saw.  A second
-                # Ctrl-C (during the drain, say) abandons the run.
+                # Ctrl-C or SIGTERM inside the window: close it early, in
+                # every worker at the same instant, and report what it saw.
+                # A second one (during the drain, say) abandons the run.
                 end = time.perf_counter_ns() + LEAD_NS
                 if end < window.end:
                     workers.send(("cut", end))

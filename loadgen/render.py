@@ -30,7 +30,7 @@ def render(out: dict) -> str:
         f"{head}: {conns}, {out['size']} B"
         + (f", {out['rate']:g} msg/s {out['arrival']}" if out["rate"] is not None else "")
         + f", {out['duration_s']:.4g} s window"
-        + (" (cut short by Ctrl-C)" if out["interrupted"] else "")
+        + (" (cut short: interrupted)" if out["interrupted"] else "")
         + f" after {out['warmup_s']:g} s warm-up,"
           f" {out['procs']} worker process(es)",
     ]

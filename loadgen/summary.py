@@ -5,7 +5,7 @@ hdr_workers, message, ...) add what the issue asks for.  This is also where a
 run is judged: `valid` is false when the generator itself was the bottleneck,
 and `exit_status` says whether the run was clean (0), had errors or integrity
 failures or was invalid (1), could not reach the server at all (2), or was
-cut short by Ctrl-C (130).
+cut short by Ctrl-C or SIGTERM (130).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ epoll loop over them.  It talks to the parent over a socketpair in three
 steps: it reports `ready` once its connections are up, waits for `go` (the
 common start time and measurement window, as CLOCK_MONOTONIC nanoseconds,
 which every process on the machine shares), then returns its `result`.  On
-Ctrl-C the parent sends `cut`, a nearer end of the window: the worker stops
-sending there, drains as usual and reports what the shorter window saw.
+Ctrl-C or SIGTERM the parent sends `cut`, a nearer end of the window: the
+worker stops sending there, drains as usual and reports what the shorter
+window saw.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Phases:
         return True
 
     def cut(self, end: int) -> None:
-        """Ctrl-C: close the window at `end` (ns) if it is still open then.
+        """Ctrl-C or SIGTERM: close the window at `end` (ns) if it is still open then.
 
         Never earlier than now: every message stamped so far was counted
         against the window as it stood, so the new end must still hold them

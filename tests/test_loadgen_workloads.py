@@ -313,7 +313,34 @@ def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: lis
     assert stderr.splitlines() == [
         MARKERS[1], f"muxbench load: interrupted: the window was cut short at "
                     f"{out['duration_s']:.2f} s of 30 s; the results cover that much{invalid}"]
-    assert f"{out['duration_s']:.4g} s window (cut short by Ctrl-C) after 0.2 s" in render(out)
+    assert f"{out['duration_s']:.4g} s window (cut short: interrupted) after 0.2 s" in render(out)
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["kill-group", "timeout"])
+def test_sigterm_in_the_window_reports_the_window_so_far(group: bool) -> None:
+    """`kill -TERM -PGID` reaches the workers too; `timeout` signals the leader only."""
+    with serve("epoll") as server:
+        proc = start_load(server.port, "--clients", "4", "--procs", "2", "--duration", "30",
+                          "--warmup", "0")
+        try:
+            assert proc.stderr.readline().strip() == MARKERS[0]
+            workers = process_tree(proc.pid)
+            time.sleep(0.5)
+            if group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=10)
+            assert proc.returncode == 130, stderr
+            assert wait_gone(workers)
+        finally:
+            kill_group(proc)
+    out = json.loads(stdout)
+    assert out["interrupted"] is True and 0.5 <= out["duration_s"] < 5
+    assert out["procs"] == 2 and "died" not in (out["invalid_reason"] or "")
+    clean(out)
+    assert out["sent"] == out["received"] > 0
+    assert "interrupted: the window was cut short" in stderr
 
 
 def test_ctrl_c_outside_the_window_abandons_the_run() -> None:
