@@ -266,19 +266,32 @@ def test_no_worker_outlives_the_generator(sig: int) -> None:
             proc.stderr.close()
 
 
-@pytest.mark.parametrize(("protocol", "args"), [
-    ("echo", ["--depth", "2"]),
-    ("echo", ["--rate", "3000"]),
+# How a run is interrupted: Ctrl-C at a terminal reaches the whole process
+# group; `kill -TERM -PGID` too; `timeout` signals the leader only.
+INTERRUPTS = {
+    "ctrl-c": lambda proc: os.killpg(proc.pid, signal.SIGINT),
+    "term-group": lambda proc: os.killpg(proc.pid, signal.SIGTERM),
+    "term-leader": lambda proc: proc.send_signal(signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize(("protocol", "args", "interrupt"), [
+    ("echo", ["--depth", "2"], "ctrl-c"),
+    ("echo", ["--depth", "2"], "term-group"),
+    ("echo", ["--depth", "2"], "term-leader"),
+    ("echo", ["--rate", "3000"], "ctrl-c"),
     # A message a second per connection: when the cut comes, each has one due
     # after it, later than the drain lasts.  Not sent, and not missed either.
-    ("echo", ["--rate", "6", "--drain", "0.2"]),
-    ("echo", ["--workload", "sparse", "--active", "2"]),
-    ("echo", ["--workload", "idle"]),
-    ("echo", ["--workload", "churn"]),
-    ("chat", ["--workload", "chat"]),
-    ("chat", ["--workload", "chat", "--rate", "400"]),
-], ids=["echo", "echo-open", "echo-open-slow", "sparse", "idle", "churn", "chat", "chat-open"])
-def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: list[str]) -> None:
+    ("echo", ["--rate", "6", "--drain", "0.2"], "ctrl-c"),
+    ("echo", ["--workload", "sparse", "--active", "2"], "ctrl-c"),
+    ("echo", ["--workload", "idle"], "ctrl-c"),
+    ("echo", ["--workload", "churn"], "ctrl-c"),
+    ("chat", ["--workload", "chat"], "ctrl-c"),
+    ("chat", ["--workload", "chat", "--rate", "400"], "ctrl-c"),
+], ids=["echo", "echo-term-group", "echo-term-leader", "echo-open", "echo-open-slow", "sparse",
+        "idle", "churn", "chat", "chat-open"])
+def test_interrupt_in_the_window_reports_the_window_so_far(protocol: str, args: list[str],
+                                                           interrupt: str) -> None:
     with serve("epoll", protocol) as server:
         proc = start_load(server.port, "--clients", "6", "--procs", "2", "--duration", "30",
                           "--warmup", "0.2", *args)
@@ -286,7 +299,7 @@ def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: lis
             assert proc.stderr.readline().strip() == MARKERS[0]
             workers = process_tree(proc.pid)
             time.sleep(0.5)
-            os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: workers get it too
+            INTERRUPTS[interrupt](proc)
             stdout, stderr = proc.communicate(timeout=10)
             assert proc.returncode == 130, stderr
             assert wait_gone(workers)
@@ -309,38 +322,13 @@ def test_ctrl_c_in_the_window_reports_the_window_so_far(protocol: str, args: lis
         assert out["sent"] == pytest.approx(rate * out["duration_s"], abs=6)
     # A busy machine can make the generator fall behind its schedule: that is
     # reported too, after the interruption, and is not what this test checks.
+    # (A worker killed by the signal would show here as well, and fail it.)
     invalid = "" if out["valid"] else f"; invalid: {out['invalid_reason']}"
+    assert "died" not in invalid
     assert stderr.splitlines() == [
         MARKERS[1], f"muxbench load: interrupted: the window was cut short at "
                     f"{out['duration_s']:.2f} s of 30 s; the results cover that much{invalid}"]
     assert f"{out['duration_s']:.4g} s window (cut short: interrupted) after 0.2 s" in render(out)
-
-
-@pytest.mark.parametrize("group", [True, False], ids=["kill-group", "timeout"])
-def test_sigterm_in_the_window_reports_the_window_so_far(group: bool) -> None:
-    """`kill -TERM -PGID` reaches the workers too; `timeout` signals the leader only."""
-    with serve("epoll") as server:
-        proc = start_load(server.port, "--clients", "4", "--procs", "2", "--duration", "30",
-                          "--warmup", "0")
-        try:
-            assert proc.stderr.readline().strip() == MARKERS[0]
-            workers = process_tree(proc.pid)
-            time.sleep(0.5)
-            if group:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=10)
-            assert proc.returncode == 130, stderr
-            assert wait_gone(workers)
-        finally:
-            kill_group(proc)
-    out = json.loads(stdout)
-    assert out["interrupted"] is True and 0.5 <= out["duration_s"] < 5
-    assert out["procs"] == 2 and "died" not in (out["invalid_reason"] or "")
-    clean(out)
-    assert out["sent"] == out["received"] > 0
-    assert "interrupted: the window was cut short" in stderr
 
 
 def test_ctrl_c_outside_the_window_abandons_the_run() -> None:
