@@ -1,7 +1,8 @@
 """Resource sampling of a server's whole process tree, from the orchestrator.
 
 Nothing runs inside the measured processes: a thread here reads /proc a few
-times a second (memory, threads, fds) and `mark()` takes exact CPU and
+times a second (memory, threads, fds; less often for a big tree, so that the
+reading takes at most a tenth of a CPU) and `mark()` takes exact CPU and
 context-switch snapshots at the moments the load generator opens and closes
 its measurement window, so CPU is a difference of two cumulative counters,
 not an integral of samples.
@@ -29,15 +30,19 @@ connection adds.
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
 from bench.cgroup import CpuCgroup
+
+# At most this share of a CPU goes to the periodic ticks.
+MAX_SHARE = 0.1
 
 
 @dataclass
@@ -176,8 +181,16 @@ class TreeSampler:
             self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            spent = self.cost
             self.tick()
+            # The sampler runs on the load generator's CPUs: a tree of a
+            # thousand processes costs it most of a second a tick, which
+            # would starve the generator.  Space the ticks so they take at most
+            # MAX_SHARE of a CPU; the marks still sample every window.
+            cost = self.cost - spent
+            wait = max(self.interval, cost * (1 - MAX_SHARE) / MAX_SHARE)
 
     # -- results ----------------------------------------------------------
     def stats(self, start: str = "start", end: str = "end", baseline: str | None = None) -> dict:
@@ -235,18 +248,36 @@ ROLLUP = {"rss": ("Rss:",), "uss": ("Private_Clean:", "Private_Dirty:", "Private
           "pss": ("Pss:",), "pss_anon": ("Pss_Anon:",)}
 
 
+def _read_proc(path: str) -> bytes | None:
+    """A /proc file's bytes, None once its process is gone.  os.open and
+    os.read, not pathlib: with a thousand tasks to read on every tick, the
+    file object and text decoding cost twice what the kernel does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _rollup(pid: int) -> dict[str, int | None] | None:
     """A process's memory in bytes from /proc/PID/smaps_rollup (one read, one
     walk of its mappings); None once it has exited.  A field the kernel does
     not print is None."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
+    text = _read_proc(f"/proc/{pid}/smaps_rollup")
+    if text is None:
         return None
     kib: dict[str, int] = {}
     for line in text.splitlines()[1:]:  # the first line is the [rollup] pseudo-mapping
         name, value, *_ = line.split()
-        kib[name] = int(value)
+        kib[name.decode()] = int(value)
     return {field: (sum(kib[n] for n in names if n in kib) * 1024
                     if any(n in kib for n in names) else None)
             for field, names in ROLLUP.items()}
@@ -254,20 +285,18 @@ def _rollup(pid: int) -> dict[str, int | None] | None:
 
 def _tasks(pid: int) -> list[int]:
     try:
-        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit()]
+        return [int(name) for name in os.listdir(f"/proc/{pid}/task") if name.isdigit()]
     except OSError:
         return []
 
 
+_CTX_SWITCHES = re.compile(rb"^voluntary_ctxt_switches:\s*(\d+)\n"
+                           rb"nonvoluntary_ctxt_switches:\s*(\d+)", re.MULTILINE)
+
+
 def _ctx_of(pid: int, tid: int) -> tuple[int, int] | None:
-    try:
-        text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-    except OSError:
+    text = _read_proc(f"/proc/{pid}/task/{tid}/status")
+    if text is None:
         return None
-    vol = invol = 0
-    for line in text.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            vol = int(line.split()[1])
-        elif line.startswith("nonvoluntary_ctxt_switches:"):
-            invol = int(line.split()[1])
-    return vol, invol
+    found = _CTX_SWITCHES.search(text)
+    return (int(found[1]), int(found[2])) if found else (0, 0)

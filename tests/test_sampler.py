@@ -16,7 +16,7 @@ import time
 import pytest
 
 from bench.cgroup import CpuCgroup
-from bench.sampler import TreeSampler
+from bench.sampler import MAX_SHARE, TreeSampler
 from tests.support import kill_group, process_tree
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
@@ -170,3 +170,40 @@ def test_anonymous_pss_ignores_outside_sharers_and_splits_fork_sharing():
     assert forked.procs == 2
     assert forked.rss >= alone.rss + (32 << 20)
     assert forked.pss_anon - alone.pss_anon < 4 << 20, (alone, forked)
+
+
+THREADS = textwrap.dedent("""
+    import sys, threading
+    done = threading.Event()
+    for _ in range(400):
+        threading.Thread(target=done.wait, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_ticks_take_at_most_their_share_of_a_cpu():
+    """The sampler shares the load generator's CPUs: a big tree must not turn
+    its ticks into a CPU hog.  400 threads make each tick read 400 files."""
+    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sampler = TreeSampler(proc.pid, interval=0.01)
+        sampler.tick()
+        one_tick = sampler.cost
+        assert one_tick > 0.01  # else this tree is too small to show anything
+        started = time.monotonic()
+        sampler.start()
+        time.sleep(1.5)
+        sampler.stop()
+        elapsed = time.monotonic() - started
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+    ticks = len(sampler.samples) - 1
+    assert ticks >= 2  # spaced out, not stopped
+    # Each tick is followed by a wait long enough to keep the share; the last
+    # tick's wait may be cut short by stop().
+    assert sampler.cost - one_tick <= MAX_SHARE * elapsed + one_tick * 1.5, (ticks, one_tick)
