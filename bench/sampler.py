@@ -14,8 +14,10 @@ for.  A child that exited and was reaped is then counted exactly once, in its
 parent's `children_*`; a live one once, by itself; so a fork-per-client server
 is charged for every child, gone or not.
 
-Context switches are per task (the kernel keeps them per thread and /proc's
-per-process line shows only the main thread's), and a reaped task's count is
+Context switches: the kernel keeps them per thread.  Its taskstats interface
+(bench/taskstats.py) sums them over a process's threads, exited ones too, in
+one request; without it they are read from /proc per task, since /proc's
+per-process line shows only the main thread's.  A reaped process's count is
 not inherited by anyone, so the last value seen of every task is kept.
 Memory is summed over the tree: RSS (which counts shared pages once per
 process, so a forking server looks huge), USS and PSS (shared pages split
@@ -39,7 +41,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from bench import taskstats
 from bench.cgroup import CpuCgroup
+from bench.taskstats import Taskstats
 
 # At most this share of a CPU goes to the periodic ticks.
 MAX_SHARE = 0.1
@@ -74,6 +78,9 @@ class TreeSampler:
     cgroup: CpuCgroup | None = None
     samples: list[MemorySample] = field(default_factory=list)
     marks: dict[str, Mark] = field(default_factory=dict)
+    # Context switches per process from the kernel in one request; None: per
+    # task from /proc, a file a thread.
+    kernel: Taskstats | None = field(default_factory=taskstats.shared)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -119,6 +126,11 @@ class TreeSampler:
     def ctx(self) -> tuple[int, int]:
         """Cumulative (voluntary, involuntary) switches of every task seen so far."""
         for proc in self.processes():
+            if self.kernel is not None:
+                counts = self.kernel.ctx_switches(proc.pid)  # its exited threads included
+                if counts is not None:
+                    self._ctx_seen[(proc.pid, 0)] = counts
+                continue
             for task in _tasks(proc.pid):
                 counts = _ctx_of(proc.pid, task)
                 if counts is not None:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bench import taskstats
 from bench.cgroup import CpuCgroup
 from bench.sampler import MAX_SHARE, TreeSampler
 from tests.support import kill_group, process_tree
@@ -184,12 +185,13 @@ THREADS = textwrap.dedent("""
 
 def test_ticks_take_at_most_their_share_of_a_cpu():
     """The sampler shares the load generator's CPUs: a big tree must not turn
-    its ticks into a CPU hog.  400 threads make each tick read 400 files."""
+    its ticks into a CPU hog.  Without taskstats, 400 threads make each tick
+    read 400 files."""
     proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        sampler = TreeSampler(proc.pid, interval=0.01)
+        sampler = TreeSampler(proc.pid, interval=0.01, kernel=None)
         sampler.tick()
         one_tick = sampler.cost
         assert one_tick > 0.01  # else this tree is too small to show anything
@@ -207,3 +209,44 @@ def test_ticks_take_at_most_their_share_of_a_cpu():
     # Each tick is followed by a wait long enough to keep the share; the last
     # tick's wait may be cut short by stop().
     assert sampler.cost - one_tick <= MAX_SHARE * elapsed + one_tick * 1.5, (ticks, one_tick)
+
+
+SWITCHERS = textwrap.dedent("""
+    import sys, threading, time
+    def switch():                            # 20 voluntary switches, at least
+        for _ in range(20):
+            time.sleep(0.001)
+    def run(threads, wait):
+        for t in [threading.Thread(target=target) for target in [switch] * threads]:
+            t.start()
+            if wait:
+                t.join()
+    run(50, wait=True)                       # gone before anyone looks
+    done = threading.Event()
+    threading.Thread(target=lambda: (switch(), done.wait()), daemon=True).start()
+    time.sleep(0.2)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_taskstats_counts_the_threads_proc_shows_and_those_gone():
+    if taskstats.shared() is None:
+        pytest.skip("no taskstats in this kernel")
+    proc = subprocess.Popen([sys.executable, "-c", SWITCHERS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        from_proc = TreeSampler(proc.pid, kernel=None).ctx()
+        from_kernel = TreeSampler(proc.pid).ctx()
+        again = TreeSampler(proc.pid, kernel=None).ctx()
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+    assert from_proc == again  # nothing switched meanwhile: the reads are comparable
+    # /proc lists the two live threads; the kernel adds the 50 that exited.
+    assert 20 <= from_proc[0] < 50 * 20
+    assert from_kernel[0] - from_proc[0] >= 50 * 20
+    assert from_kernel[1] >= from_proc[1]
+    assert taskstats.shared().ctx_switches(proc.pid) is None  # gone (and reaped)
