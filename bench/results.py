@@ -43,7 +43,8 @@ load_start, start, end, load_end, stopped) and, in ``"server"``,
 is computed; see bench/sampler.py) and ``window`` ("loadgen":
 CPU between the generator's window lines; "process": around its whole run) and
 ``sampler_cpu_s`` (the sampler's own CPU over the trial, spent beside the generator).
-The environment adds ``skipped_models`` ({model: why}) and ``cpu_accounting``.
+The environment adds ``skipped_models`` ({model: why}), ``cpu_accounting`` and
+``ctx_switch_accounting``.
 """
 
 from __future__ import annotations

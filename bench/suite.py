@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import cgroup, procs
+from bench import cgroup, procs, taskstats
 from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
 from bench.environment import environment, loadavg, placement
@@ -159,6 +159,8 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
     env = environment(where)
     env["skipped_models"] = skipped
     env["cpu_accounting"] = _cpu_accounting(args.no_cgroup)
+    env["ctx_switch_accounting"] = ("taskstats: one kernel request per process"
+                                    if taskstats.shared() else "/proc: one file per thread")
     results = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": args.suite,
                "status": "running", "started_at": utc_now(), "finished_at": None,
                "environment": env, "scenarios": scenarios,

@@ -268,6 +268,7 @@ def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
         assert trial["cleanup"]["leftover_fds"] == 0, trial
     placement_note = data["environment"]["placement"]
     assert placement_note["pinned"] == (len(os.sched_getaffinity(0)) > 1)
+    assert data["environment"]["ctx_switch_accounting"].split(":")[0] in ("taskstats", "/proc")
 
 
 # ---- command line ----------------------------------------------------------------------
