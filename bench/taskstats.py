@@ -68,17 +68,21 @@ class Taskstats:
 
     @classmethod
     def open(cls) -> Taskstats | None:
-        """None where the kernel has no taskstats or netlink is not allowed."""
+        """None where the kernel has no taskstats or will not answer us: its
+        requests need CAP_NET_ADMIN, so a user without it counts from /proc."""
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         except OSError:
             return None
         try:
             sock.bind((0, 0))
-            return cls(sock)
+            kernel = cls(sock)
+            if kernel.ctx_switches(os.getpid()) is not None:
+                return kernel
         except (OSError, KeyError, struct.error):
-            sock.close()
-            return None
+            pass
+        sock.close()
+        return None
 
     def _ask(self, family: int, cmd: int, payload: bytes) -> bytes:
         """One request, its one reply's attributes; OSError for the kernel's error."""

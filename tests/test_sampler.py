@@ -8,17 +8,20 @@ sampler must charge all three, exactly once each.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from bench import taskstats
 from bench.cgroup import CpuCgroup
 from bench.sampler import MAX_SHARE, TreeSampler
-from tests.support import kill_group, process_tree
+from tests.support import ROOT, kill_group, process_tree
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
 TICK = 0.011  # psutil reads 10 ms clock ticks: allow one per process
@@ -250,3 +253,26 @@ def test_taskstats_counts_the_threads_proc_shows_and_those_gone():
     assert from_kernel[0] - from_proc[0] >= 50 * 20
     assert from_kernel[1] >= from_proc[1]
     assert taskstats.shared().ctx_switches(proc.pid) is None  # gone (and reaped)
+
+
+def test_without_cap_net_admin_taskstats_gives_way_to_proc():
+    """The kernel answers taskstats requests only with CAP_NET_ADMIN: a user
+    without it must get /proc, not counts that silently stay at zero."""
+    python = "/usr/bin/python3"
+    if os.geteuid() != 0 or not os.access(python, os.X_OK):
+        pytest.skip("needs root to drop to an unprivileged user, and /usr/bin/python3")
+
+    def unprivileged() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+
+    # A copy the unprivileged user can read, wherever the checkout lives.
+    with tempfile.TemporaryDirectory(dir="/tmp") as where:
+        os.chmod(where, 0o755)
+        module = Path(where) / "taskstats_copy.py"
+        module.write_bytes((ROOT / "bench" / "taskstats.py").read_bytes())
+        module.chmod(0o644)
+        probe = "import taskstats_copy as t; print(t.shared() is None, t.Taskstats.open() is None)"
+        result = subprocess.run([python, "-c", probe], cwd=where, capture_output=True,
+                                text=True, timeout=30, preexec_fn=unprivileged)
+    assert (result.returncode, result.stdout) == (0, "True True\n"), result.stderr
