@@ -96,13 +96,6 @@ class TreeSampler:
         return "cgroup" if self.cgroup else "psutil"
 
     # -- reading the tree -------------------------------------------------
-    def pids(self) -> list[int]:
-        """The tree's process ids, without a psutil object each (for a fork
-        server at 1000 clients those cost 30-70 ms at every mark)."""
-        if self.cgroup:
-            return self.cgroup.procs()
-        return [proc.pid for proc in self.processes()]
-
     def processes(self) -> list[psutil.Process]:
         """The tree: the cgroup's members when there is one (a daemonised
         grandchild cannot escape it), else the server and its descendants."""
@@ -132,16 +125,16 @@ class TreeSampler:
 
     def ctx(self) -> tuple[int, int]:
         """Cumulative (voluntary, involuntary) switches of every task seen so far."""
-        for pid in self.pids():
+        for proc in self.processes():
             if self.kernel is not None:
-                counts = self.kernel.ctx_switches(pid)  # its exited threads included
+                counts = self.kernel.ctx_switches(proc.pid)  # its exited threads included
                 if counts is not None:
-                    self._ctx_seen[(pid, 0)] = counts
+                    self._ctx_seen[(proc.pid, 0)] = counts
                 continue
-            for task in _tasks(pid):
-                counts = _ctx_of(pid, task)
+            for task in _tasks(proc.pid):
+                counts = _ctx_of(proc.pid, task)
                 if counts is not None:
-                    self._ctx_seen[(pid, task)] = counts
+                    self._ctx_seen[(proc.pid, task)] = counts
         return (sum(v for v, _ in self._ctx_seen.values()),
                 sum(i for _, i in self._ctx_seen.values()))
 
@@ -170,17 +163,15 @@ class TreeSampler:
         return one
 
     # -- driving ----------------------------------------------------------
-    def mark(self, name: str, memory: bool = True) -> Mark:
-        """Snapshot CPU and context switches now (then, unless told not to, a
-        memory sample)."""
+    def mark(self, name: str) -> Mark:
+        """Snapshot CPU and context switches now (then a memory sample)."""
         spent = time.thread_time()
         t = time.monotonic()
         total, user, system = self.cpu()  # first and unlocked: a tick must not delay it
         with self._lock:
             vol, invol = self.ctx()
             self.marks[name] = Mark(t, total, user, system, vol, invol)
-            if memory:
-                self.sample(t)  # stamped with the mark's time, so it falls inside the window
+            self.sample(t)  # stamped with the mark's time, so it falls inside the window
             self.cost += time.thread_time() - spent
             return self.marks[name]
 

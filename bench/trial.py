@@ -91,11 +91,7 @@ class Trial:
         for raw in self.load_proc.stderr:
             line = raw.strip()
             if line == WINDOW_START:
-                # No memory sample here: the window's come from the ticks inside it and
-                # the end mark, and one at its opening would be taken just as the load
-                # generator, on the same CPU, starts its schedule (half a second for a
-                # fork server's 1000 processes).
-                self.sampler.mark("start", memory=False)
+                self.sampler.mark("start")
             elif line == WINDOW_END:
                 self.sampler.mark("end")
                 if self.on_window_end is not None:

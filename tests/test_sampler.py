@@ -276,14 +276,3 @@ def test_without_cap_net_admin_taskstats_gives_way_to_proc():
         result = subprocess.run([python, "-c", probe], cwd=where, capture_output=True,
                                 text=True, timeout=30, preexec_fn=unprivileged)
     assert (result.returncode, result.stdout) == (0, "True True\n"), result.stderr
-
-
-def test_a_mark_can_leave_the_memory_sample_out():
-    """The window-start mark does (bench/trial.py): only CPU and switches are
-    needed at that instant, and a big tree's memory takes long to read."""
-    sampler = TreeSampler(os.getpid())
-    sampler.mark("start", memory=False)
-    assert sampler.samples == [] and "start" in sampler.marks
-    sampler.mark("end")
-    assert [s.t for s in sampler.samples] == [sampler.marks["end"].t]
-    assert sampler.stats()["samples"] == 1
