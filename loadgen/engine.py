@@ -199,7 +199,9 @@ def _sleep_until(t_ns: int) -> None:
 
 
 def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> Outcome:
-    """Run the workload; `marker` is called with "window start"/"window end" on time."""
+    """Run the workload; `marker` is called with "warm-up start" once every
+    connection is up and the load begins, then "window start" and "window end"
+    on time."""
     procs = max(1, min(cfg.procs, cfg.clients))
     plans = _plans(cfg, family, host, procs)
     per_worker = -(-cfg.clients // procs)
@@ -216,6 +218,7 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             t0 = time.perf_counter_ns() + LEAD_NS
             window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
             workers.send(("go", Go(t0, window)))
+            marker("warm-up start")
             _sleep_until(window.start)
             marker("window start")
             try:

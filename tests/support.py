@@ -167,11 +167,17 @@ def run_load(port: int, *args: str, timeout: float = 60.0, json_out: bool = True
     return LoadRun(proc.returncode, parsed, stdout, stderr)
 
 
-MARKERS = ("muxbench load: window start", "muxbench load: window end")
+MARKERS = ("muxbench load: warm-up start", "muxbench load: window start",
+           "muxbench load: window end")
+
+
+def await_window(proc: subprocess.Popen) -> None:
+    """Read a `--json` generator's stderr up to its window's opening."""
+    assert [proc.stderr.readline().strip() for _ in MARKERS[:2]] == list(MARKERS[:2])
 
 
 def problem_lines(run: LoadRun) -> list[str]:
-    """stderr without the two window markers: the one-line diagnosis, if any."""
+    """stderr without the markers: the one-line diagnosis, if any."""
     lines = [line for line in run.stderr.splitlines() if line not in MARKERS]
     assert all(line.startswith("muxbench load: ") for line in lines), run.stderr
     return lines

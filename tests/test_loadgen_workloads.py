@@ -22,6 +22,7 @@ from tests.support import (
     MUXBENCH,
     ROOT,
     assert_clean_exit,
+    await_window,
     kill_group,
     problem_lines,
     process_tree,
@@ -67,7 +68,7 @@ def test_echo_against_epoll_server_contract_and_histograms() -> None:
     assert merged.get_max_value() == pytest.approx(lat["max"] * 1000, rel=1e-3)
     window = out["window"]
     assert window["end_unix"] - window["start_unix"] == pytest.approx(0.8, abs=0.01)
-    # The window markers, in order, and nothing else on stderr.
+    # The markers, in order, and nothing else on stderr.
     assert run.stderr.splitlines() == list(MARKERS)
 
 
@@ -251,7 +252,7 @@ def test_no_worker_outlives_the_generator(sig: int) -> None:
     with serve("epoll") as server:
         proc = start_load(server.port, "--clients", "4", "--procs", "2", "--duration", "30")
         try:
-            assert proc.stderr.readline().strip() == MARKERS[0]
+            await_window(proc)
             workers = process_tree(proc.pid)
             assert len(workers) == 2
             started = time.monotonic()
@@ -296,7 +297,7 @@ def test_interrupt_in_the_window_reports_the_window_so_far(protocol: str, args: 
         proc = start_load(server.port, "--clients", "6", "--procs", "2", "--duration", "30",
                           "--warmup", "0.2", *args)
         try:
-            assert proc.stderr.readline().strip() == MARKERS[0]
+            await_window(proc)
             workers = process_tree(proc.pid)
             time.sleep(0.5)
             INTERRUPTS[interrupt](proc)
@@ -326,7 +327,7 @@ def test_interrupt_in_the_window_reports_the_window_so_far(protocol: str, args: 
     invalid = "" if out["valid"] else f"; invalid: {out['invalid_reason']}"
     assert "died" not in invalid
     assert stderr.splitlines() == [
-        MARKERS[1], f"muxbench load: interrupted: the window was cut short at "
+        MARKERS[2], f"muxbench load: interrupted: the window was cut short at "
                     f"{out['duration_s']:.2f} s of 30 s; the results cover that much{invalid}"]
     assert f"{out['duration_s']:.4g} s window (cut short: interrupted) after 0.2 s" in render(out)
 
@@ -339,12 +340,12 @@ def test_ctrl_c_outside_the_window_abandons_the_run() -> None:
         late = start_load(server.port, "--clients", "2", "--procs", "2", "--duration", "30",
                           "--warmup", "0", "--drain", "30")
         try:
-            assert late.stderr.readline().strip() == MARKERS[0]
+            await_window(late)
             assert wait_for(lambda: len(process_tree(early.pid)) == 2)
             workers = process_tree(early.pid) + process_tree(late.pid)
             os.kill(server.proc.pid, signal.SIGSTOP)
             os.killpg(late.pid, signal.SIGINT)
-            assert late.stderr.readline().strip() == MARKERS[1]
+            assert late.stderr.readline().strip() == MARKERS[2]
             time.sleep(0.5)
             assert late.poll() is None  # waiting for the replies the stopped server owes
             for proc in (early, late):
@@ -405,7 +406,7 @@ def test_hard_cap_ends_the_run_when_a_worker_hangs() -> None:
         proc = start_load(server.port, "--clients", "4", "--procs", "2", "--duration", "0.5",
                           "--warmup", "0", "--drain", "0.2", "--connect-timeout", "0.5")
         try:
-            assert proc.stderr.readline().strip() == MARKERS[0]
+            await_window(proc)
             workers = process_tree(proc.pid)
             os.kill(workers[0], signal.SIGSTOP)
             stdout, stderr = proc.communicate(timeout=30)
