@@ -36,8 +36,9 @@ Beyond CONTRACTS.md section 3, the harness stores in each trial:
 ``"cleanup"`` ({graceful, exit_status, leftover_procs -- processes that outlived
 the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
 ({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included),
-``"timeline"`` (seconds from the trial's start to each sampler mark: ready,
-load_start, start, end, load_end, stopped) and, in ``"server"``,
+``"timeline"`` (seconds from the trial's start to each step: ready, load_start,
+warmup -- the generator's load began, and the memory figures begin there --, start,
+end, load_end, stopped) and, in ``"server"``,
 ``pss_baseline_bytes`` and ``pss_anon_baseline_bytes`` (before any client connected),
 ``pss_anon_mean_bytes`` (the PSS of anonymous pages, from which ``derived.pss_per_conn_bytes``
 is computed; see bench/sampler.py) and ``window`` ("loadgen":

@@ -7,6 +7,14 @@ context-switch snapshots at the moments the load generator opens and closes
 its measurement window, so CPU is a difference of two cumulative counters,
 not an integral of samples.
 
+Memory is read neither at the window's opening nor at its close.  Reading a
+thousand processes' memory takes half a second, on the load generator's CPU,
+just as its schedule begins; and at the close the generator is already
+closing its connections, so a reading then races the server's teardown (a
+forking server's children exiting).  The memory of a window is instead that of
+the ticks from the moment the load began (`wake()` asks for one then, during
+the warm-up) to the window's end.
+
 CPU of a tree: with a cgroup (bench/cgroup.py) the kernel's counter for the
 group.  Otherwise psutil: the sum over the live processes of the tree of their
 own user+system time plus `children_*` -- the time of children they waited
@@ -85,6 +93,7 @@ class TreeSampler:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._ctx_seen: dict[tuple[int, int], tuple[int, int]] = {}
         # The sampler's own CPU, spent on the load generator's CPUs: reported so
@@ -163,15 +172,17 @@ class TreeSampler:
         return one
 
     # -- driving ----------------------------------------------------------
-    def mark(self, name: str) -> Mark:
-        """Snapshot CPU and context switches now (then a memory sample)."""
+    def mark(self, name: str, memory: bool = True) -> Mark:
+        """Snapshot CPU and context switches now (then, if `memory`, a memory
+        sample stamped with the mark's time)."""
         spent = time.thread_time()
         t = time.monotonic()
         total, user, system = self.cpu()  # first and unlocked: a tick must not delay it
         with self._lock:
             vol, invol = self.ctx()
             self.marks[name] = Mark(t, total, user, system, vol, invol)
-            self.sample(t)  # stamped with the mark's time, so it falls inside the window
+            if memory:
+                self.sample(t)
             self.cost += time.thread_time() - spent
             return self.marks[name]
 
@@ -186,15 +197,24 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Tick now, on the sampler's thread, not the caller's."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def _run(self) -> None:
         wait = self.interval
-        while not self._stop.wait(wait):
+        while True:
+            self._wake.wait(wait)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             spent = self.cost
             self.tick()
             # The sampler runs on the load generator's CPUs: a tree of a
@@ -205,13 +225,16 @@ class TreeSampler:
             wait = max(self.interval, cost * (1 - MAX_SHARE) / MAX_SHARE)
 
     # -- results ----------------------------------------------------------
-    def stats(self, start: str = "start", end: str = "end", baseline: str | None = None) -> dict:
-        """The contract's "server" object for the window between two marks."""
+    def stats(self, start: str = "start", end: str = "end", baseline: str | None = None,
+              memory_from: float | None = None) -> dict:
+        """The contract's "server" object for the window between two marks; its
+        memory from the samples since `memory_from` (default: the start)."""
         a, b = self.marks[start], self.marks[end]
         wall = b.t - a.t
         cpu, user, system = b.cpu - a.cpu, b.user - a.user, b.system - a.system
         share = user / (user + system) if user + system > 0 else 1.0
-        window = [s for s in self.samples if a.t <= s.t <= b.t] or self.samples[-1:]
+        since = a.t if memory_from is None else memory_from
+        window = [s for s in self.samples if since <= s.t <= b.t] or self.samples[-1:]
         out = {
             "cpu_user_s": cpu * share, "cpu_system_s": cpu * (1 - share), "cpu_s": cpu,
             "cpu_source": self.cpu_source, "wall_s": wall,

@@ -5,8 +5,10 @@ consecutive trials without ever overlapping what they measure: `begin()` waits
 for the server's ready line and starts the sampler and the load generator (it
 may run in a helper thread, while the previous trial drains and stops);
 `finish()` waits for the generator, computes the figures and stops everything.
-The load generator reports on stderr when its window opens and closes, which
-is when the sampler snapshots the server's CPU.
+The load generator reports on stderr when its load begins (the warm-up, every
+connection up), which is when the sampler reads the server's memory, and when
+its window opens and closes, which is when the sampler snapshots the server's
+CPU.
 
 Whatever goes wrong is recorded as the trial's status and reason, never
 raised: a suite goes on after a failed trial.  Only KeyboardInterrupt passes
@@ -30,6 +32,7 @@ from bench.sampler import TreeSampler
 from bench.verdict import classify, derived
 
 READY_TIMEOUT = 15.0
+WARMUP_START = "muxbench load: warm-up start"
 WINDOW_START = "muxbench load: window start"
 WINDOW_END = "muxbench load: window end"
 
@@ -47,6 +50,7 @@ class Trial:
         self.output = ""  # the generator's stdout: one JSON object
         self.readers: list[threading.Thread] = []
         self.lines: list[str] = []
+        self.warmup_at: float | None = None  # time.monotonic() of WARMUP_START
         self.rusage = None
         self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
         self._remember(server.proc.stdout.fileno())
@@ -90,10 +94,13 @@ class Trial:
     def _watch(self) -> None:
         for raw in self.load_proc.stderr:
             line = raw.strip()
-            if line == WINDOW_START:
-                self.sampler.mark("start")
+            if line == WARMUP_START:
+                self.warmup_at = time.monotonic()
+                self.sampler.wake()
+            elif line == WINDOW_START:
+                self.sampler.mark("start", memory=False)
             elif line == WINDOW_END:
-                self.sampler.mark("end")
+                self.sampler.mark("end", memory=False)
                 if self.on_window_end is not None:
                     self.on_window_end()
             elif line:
@@ -132,13 +139,14 @@ class Trial:
         marks = self.sampler.marks
         window = ("start", "end") if {"start", "end"} <= marks.keys() else ("load_start",
                                                                              "load_end")
-        stats = self.sampler.stats(*window, baseline="ready")
+        memory_from = self.warmup_at if window[0] == "start" else None
+        stats = self.sampler.stats(*window, baseline="ready", memory_from=memory_from)
         stats["window"] = "loadgen" if window[0] == "start" else "process"
         client = None
         if self.rusage is not None:
             client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage"}
         trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
-                     timeline={name: round(m.t - self.t0, 3) for name, m in marks.items()})
+                     timeline=self._timeline())
         outcome = {"timed_out": timed_out, "exit_status": self.load_proc.returncode,
                    "stderr": " | ".join(self.lines[-3:]), "timeout_s": self.spec.load_timeout()}
         trial["status"], trial["reason"] = classify(
@@ -148,6 +156,13 @@ class Trial:
             lead = previous_done - marks[window[0]].t
             _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
                          "trial's server had stopped")
+
+    def _timeline(self) -> dict[str, float]:
+        times = {name: m.t for name, m in self.sampler.marks.items()}
+        if self.warmup_at is not None:
+            times["warmup"] = self.warmup_at
+        return {name: round(t - self.t0, 3) for name, t in sorted(times.items(),
+                                                                  key=lambda item: item[1])}
 
     def _join_readers(self) -> None:
         for reader in self.readers:

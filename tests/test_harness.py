@@ -156,7 +156,7 @@ def test_a_real_trial_measures_and_cleans_up():
     assert trial["load"]["connected"] == 20
     server = trial["server"]
     assert server["window"] == "loadgen" and server["wall_s"] > 0
-    steps = ["ready", "load_start", "start", "end", "load_end", "stopped"]
+    steps = ["ready", "load_start", "warmup", "start", "end", "load_end", "stopped"]
     times = [trial["timeline"][step] for step in steps]
     assert times == sorted(times), trial["timeline"]
     assert server["fds_peak"] >= 20 and server["samples"] >= 2

@@ -21,7 +21,7 @@ import pytest
 from bench import taskstats
 from bench.cgroup import CpuCgroup
 from bench.sampler import MAX_SHARE, TreeSampler
-from tests.support import ROOT, kill_group, process_tree
+from tests.support import ROOT, kill_group, process_tree, wait_for
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
 TICK = 0.011  # psutil reads 10 ms clock ticks: allow one per process
@@ -127,6 +127,31 @@ def test_sampler_survives_the_tree_vanishing(burner):
     stats = sampler.stats()
     assert stats["samples"] >= 1  # the sample taken while it was alive
     assert sampler.cpu() == (0.0, 0.0, 0.0)
+
+
+def test_memory_comes_from_the_ticks_since_the_load_began(burner):
+    """The window's marks read no memory (at its close the generator is already
+    closing its connections); a tick asked for with wake() when the load began
+    supplies it, on the sampler's thread."""
+    sampler = TreeSampler(burner.pid, interval=60)  # no tick of its own in this test
+    sampler.start()
+    try:
+        load_began = time.monotonic()
+        sampler.wake()
+        assert wait_for(lambda: len(sampler.samples) == 1)
+        woken = sampler.samples[0]
+        sampler.mark("start", memory=False)
+        time.sleep(0.05)
+        sampler.mark("end", memory=False)
+    finally:
+        started = time.monotonic()
+        sampler.stop()
+    assert time.monotonic() - started < 1  # stop() does not wait out the interval
+    assert sampler.samples == [woken] and woken.t >= load_began and woken.procs == 1
+    since_load = sampler.stats(memory_from=load_began)
+    assert since_load["samples"] == 1 and since_load["pss_peak_bytes"] == woken.pss
+    since_start = sampler.stats()
+    assert since_start["samples"] == 1  # none inside: the last one before stands in
 
 
 HOLDER = textwrap.dedent("""
