@@ -118,6 +118,11 @@ class TreeSampler:
         except psutil.Error:
             return [root]
 
+    def pids(self) -> list[int]:
+        """The tree's process ids, without a psutil object each: building a
+        thousand of them costs 60 ms, at the window's opening."""
+        return self.cgroup.procs() if self.cgroup else [proc.pid for proc in self.processes()]
+
     def cpu(self) -> tuple[float, float, float]:
         """Cumulative (total, user, system) seconds of the tree, reaped children included."""
         if self.cgroup:
@@ -134,16 +139,16 @@ class TreeSampler:
 
     def ctx(self) -> tuple[int, int]:
         """Cumulative (voluntary, involuntary) switches of every task seen so far."""
-        for proc in self.processes():
+        for pid in self.pids():
             if self.kernel is not None:
-                counts = self.kernel.ctx_switches(proc.pid)  # its exited threads included
+                counts = self.kernel.ctx_switches(pid)  # its exited threads included
                 if counts is not None:
-                    self._ctx_seen[(proc.pid, 0)] = counts
+                    self._ctx_seen[(pid, 0)] = counts
                 continue
-            for task in _tasks(proc.pid):
-                counts = _ctx_of(proc.pid, task)
+            for task in _tasks(pid):
+                counts = _ctx_of(pid, task)
                 if counts is not None:
-                    self._ctx_seen[(proc.pid, task)] = counts
+                    self._ctx_seen[(pid, task)] = counts
         return (sum(v for v, _ in self._ctx_seen.values()),
                 sum(i for _, i in self._ctx_seen.values()))
 
