@@ -40,8 +40,6 @@ connection adds.
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
 import threading
 import time
@@ -49,9 +47,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from bench import taskstats
+from bench import procfs, taskstats
 from bench.cgroup import CpuCgroup
-from bench.taskstats import Taskstats
 
 # At most this share of a CPU goes to the periodic ticks.
 MAX_SHARE = 0.1
@@ -88,7 +85,7 @@ class TreeSampler:
     marks: dict[str, Mark] = field(default_factory=dict)
     # Context switches per process from the kernel in one request; None: per
     # task from /proc, a file a thread.
-    kernel: Taskstats | None = field(default_factory=taskstats.shared)
+    kernel: taskstats.Taskstats | None = field(default_factory=taskstats.shared)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -145,18 +142,18 @@ class TreeSampler:
                 if counts is not None:
                     self._ctx_seen[(pid, 0)] = counts
                 continue
-            for task in _tasks(pid):
-                counts = _ctx_of(pid, task)
+            for task in procfs.tasks(pid):
+                counts = procfs.ctx_switches(pid, task)
                 if counts is not None:
                     self._ctx_seen[(pid, task)] = counts
         return (sum(v for v, _ in self._ctx_seen.values()),
                 sum(i for _, i in self._ctx_seen.values()))
 
     def sample(self, t: float | None = None) -> MemorySample:
-        memory: dict[str, int | None] = dict.fromkeys(ROLLUP, 0)
+        memory: dict[str, int | None] = dict.fromkeys(procfs.ROLLUP, 0)
         threads = fds = procs = 0
         for proc in self.processes():
-            mem = _rollup(proc.pid)
+            mem = procfs.rollup(proc.pid)
             if mem is None:
                 continue  # exited meanwhile
             try:
@@ -281,62 +278,3 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.Error:
         return None
-
-
-# smaps_rollup lines -> MemorySample fields; every Private_* line is USS, as in psutil.
-ROLLUP = {"rss": ("Rss:",), "uss": ("Private_Clean:", "Private_Dirty:", "Private_Hugetlb:"),
-          "pss": ("Pss:",), "pss_anon": ("Pss_Anon:",)}
-
-
-def _read_proc(path: str) -> bytes | None:
-    """A /proc file's bytes, None once its process is gone.  os.open and
-    os.read, not pathlib: with a thousand tasks to read on every tick, the
-    file object and text decoding cost twice what the kernel does."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _rollup(pid: int) -> dict[str, int | None] | None:
-    """A process's memory in bytes from /proc/PID/smaps_rollup (one read, one
-    walk of its mappings); None once it has exited.  A field the kernel does
-    not print is None."""
-    text = _read_proc(f"/proc/{pid}/smaps_rollup")
-    if text is None:
-        return None
-    kib: dict[str, int] = {}
-    for line in text.splitlines()[1:]:  # the first line is the [rollup] pseudo-mapping
-        name, value, *_ = line.split()
-        kib[name.decode()] = int(value)
-    return {field: (sum(kib[n] for n in names if n in kib) * 1024
-                    if any(n in kib for n in names) else None)
-            for field, names in ROLLUP.items()}
-
-
-def _tasks(pid: int) -> list[int]:
-    try:
-        return [int(name) for name in os.listdir(f"/proc/{pid}/task") if name.isdigit()]
-    except OSError:
-        return []
-
-
-_CTX_SWITCHES = re.compile(rb"^voluntary_ctxt_switches:\s*(\d+)\n"
-                           rb"nonvoluntary_ctxt_switches:\s*(\d+)", re.MULTILINE)
-
-
-def _ctx_of(pid: int, tid: int) -> tuple[int, int] | None:
-    text = _read_proc(f"/proc/{pid}/task/{tid}/status")
-    if text is None:
-        return None
-    found = _CTX_SWITCHES.search(text)
-    return (int(found[1]), int(found[2])) if found else (0, 0)
