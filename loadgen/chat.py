@@ -22,7 +22,7 @@ import time
 
 from loadgen.integrity import SenderTrack, chat_line, parse_chat_line
 from loadgen.schedule import Arrivals, Lag
-from loadgen.timer import Timer
+from loadgen.timer import Timer, sleep_until
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
 
@@ -115,9 +115,7 @@ class ChatWorker(Worker):
         closed = plan.rate is None
         heap: list[tuple[int, int]] = []
         timer = None if closed else Timer()
-        delay = go.t0 - clock()
-        if delay > 0:
-            time.sleep(delay / 1e9)
+        sleep_until(go.t0)
         for c in self.all:
             if closed:
                 self.send_line(c, clock())

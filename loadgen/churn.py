@@ -16,6 +16,7 @@ import time
 
 from loadgen.integrity import Pattern
 from loadgen.record import new_samples
+from loadgen.timer import sleep_until
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker, dial
 
 RETRY_NS = 10_000_000
@@ -120,9 +121,7 @@ class ChurnWorker(Worker):
     def run(self, go: Go) -> None:
         self.ws, self.we = go.window
         clock = time.perf_counter_ns
-        delay = go.t0 - clock()
-        if delay > 0:
-            time.sleep(delay / 1e9)
+        sleep_until(go.t0)
         now = clock()
         for s in self.slots:
             self.begin(s, now)

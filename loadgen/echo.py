@@ -28,7 +28,7 @@ from loadgen.integrity import (
     settle_mismatch,
 )
 from loadgen.schedule import Arrivals, Lag
-from loadgen.timer import Timer
+from loadgen.timer import Timer, sleep_until
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
 _pack = HEADER.pack
@@ -52,12 +52,6 @@ class EchoConn:
         self.missing: dict = {}
         self.waiting: int | None = None  # open loop: due time of a send held back by depth
         self.arrivals: Arrivals | None = None
-
-
-def sleep_until(t_ns: int) -> None:
-    delay = t_ns - time.perf_counter_ns()
-    if delay > 0:
-        time.sleep(delay / 1e9)
 
 
 class EchoWorker(Worker):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from loadgen.integrity import Window
+from loadgen.timer import sleep_until
 from loadgen.worker import CONNECT_BATCH, Go, Plan
 
 # Slack on top of connect time + warm-up + duration + drain before everything is killed.
@@ -192,12 +193,6 @@ class Workers:
             chan.close()
 
 
-def _sleep_until(t_ns: int) -> None:
-    delay = t_ns - time.perf_counter_ns()
-    if delay > 0:
-        time.sleep(delay / 1e9)
-
-
 def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> Outcome:
     """Run the workload; `marker` is called with "warm-up start" once every
     connection is up and the load begins, then "window start" and "window end"
@@ -219,10 +214,10 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
             workers.send(("go", Go(t0, window)))
             marker("warm-up start")
-            _sleep_until(window.start)
+            sleep_until(window.start)
             marker("window start")
             try:
-                _sleep_until(window.end)
+                sleep_until(window.end)
             except KeyboardInterrupt:
                 # Ctrl-C or SIGTERM inside the window: close it early, in
                 # every worker at the same instant, and report what it saw.
@@ -231,7 +226,7 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
                 if end < window.end:
                     workers.send(("cut", end))
                     window, interrupted = Window(window.start, end), True
-                _sleep_until(window.end)
+                sleep_until(window.end)
             marker("window end")
             if cfg.workload == "chat":
                 sent = workers.gather("sent", hard_cap)

@@ -5,7 +5,8 @@ that slept on it would send up to 1 ms late -- and, measuring response time
 from the intended send, would charge that lateness to the server.  A timerfd
 armed at the absolute CLOCK_MONOTONIC instant of the next send (the clock
 behind time.perf_counter_ns on Linux) wakes epoll when it is due.  Python
-3.11 has no os.timerfd_create, hence ctypes.
+3.11 has no os.timerfd_create, hence ctypes.  Before any loop runs, a plain
+sleep does: `sleep_until`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import time
 
 CLOCK_MONOTONIC = 1
 TFD_TIMER_ABSTIME = 1
 TFD_NONBLOCK = os.O_NONBLOCK
 TFD_CLOEXEC = os.O_CLOEXEC
+
+
+def sleep_until(t_ns: int) -> None:
+    """Sleep until the time.perf_counter_ns() instant `t_ns` (no-op once past)."""
+    delay = t_ns - time.perf_counter_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
 
 
 class _Timespec(ctypes.Structure):
