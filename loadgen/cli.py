@@ -87,7 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seed of payloads and Poisson gaps (default 1)")
     add("--cpus", metavar="LIST", type=_cpu_list, default=None,
         help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
-    add("--json", action="store_true", help="print one JSON object instead of the summary")
+    add("--json", action="store_true",
+        help="print one JSON object instead of the summary; stderr then also says "
+             "'warm-up start', 'window start' and 'window end' as they happen")
     add("--allow-remote", action="store_true",
         help="allow a non-loopback target (refused by default)")
 
