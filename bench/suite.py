@@ -20,13 +20,7 @@ from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
 from bench.environment import environment, loadavg, placement
 from bench.launch import TrialSpec
-from bench.results import (
-    SCHEMA_VERSION,
-    new_run_id,
-    point_latest,
-    utc_now,
-    write_results_atomic,
-)
+from bench.results import SCHEMA_VERSION, ResultsWriter, new_run_id, point_latest, utc_now
 from bench.runner import Runner
 from bench.scenarios import (
     REFERENCE,
@@ -166,10 +160,11 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
                "environment": env, "scenarios": scenarios,
                "trials": []}
     path = run_dir / "results.json"
+    writer = ResultsWriter(path)
 
     def save() -> None:
         try:
-            write_results_atomic(path, results)
+            writer.save(results)
         except OSError as exc:
             raise _Unwritable(f"cannot write {path}: {exc.strerror or exc}") from None
 

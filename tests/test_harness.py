@@ -26,6 +26,7 @@ from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
 from bench.suite import available_models
 from bench.trial import run_trial
 from bench.verdict import classify
+from tests import fake_results
 from tests.support import MUXBENCH, ROOT, process_tree, wait_for
 
 # ---- results.json --------------------------------------------------------------------
@@ -59,6 +60,27 @@ def test_results_round_trip_group_and_summarise(tmp_path):
     assert stats["idle", "epoll", "echo", 10] == {"median": 4.0, "min": 3.0, "max": 5.0, "n": 3}
     assert stats["idle", "epoll", "echo", 100]["n"] == 0
     assert len(R.group_points(loaded, ("ok", "invalid"))["idle", "epoll", "echo", 10]) == 4
+
+
+def test_results_writer_writes_what_a_whole_dump_would(tmp_path):
+    """Saved after every trial, each trial encoded once: the file must still be
+    exactly json.dumps(indent=1) of the run at every step, unicode and nulls included."""
+    full = fake_results.healthy_run(repeats=2)
+    full["environment"]["note"] = "CPU 1 — pinned\n"
+    data = {**full, "status": "running", "trials": []}
+    path = tmp_path / "results.json"
+    writer = R.ResultsWriter(path)
+    for trial in [None, *full["trials"], None]:
+        if trial is not None:
+            data["trials"].append(trial)
+        else:
+            data["finished_at"] = R.utc_now() if data["trials"] else None
+            data["status"] = "complete" if data["trials"] else "running"
+        writer.save(data)
+        assert path.read_text() == json.dumps(data, indent=1) + "\n"
+    assert len(data["trials"]) > 10 and data["status"] == "complete"
+    assert R.load_results(path) == data
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 @pytest.mark.parametrize("content, message", [
