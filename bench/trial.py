@@ -157,6 +157,11 @@ class Trial:
             _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
                          "trial's server had stopped")
 
+    def server_procs(self) -> int:
+        """Processes in the server's tree at the sampler's last reading (0 before one)."""
+        samples = self.sampler.samples if self.sampler is not None else []
+        return samples[-1].procs if samples else 0
+
     def _timeline(self) -> dict[str, float]:
         times = {name: m.t for name, m in self.sampler.marks.items()}
         if self.warmup_at is not None:

@@ -19,9 +19,11 @@ import pytest
 
 from bench import results as R
 from bench.cgroup import CGROUP_ROOT, PREFIX
+from bench.console import Display
 from bench.environment import placement
 from bench.launch import Launched, TrialSpec
 from bench.procs import group_members
+from bench.runner import OVERLAP_MAX_PROCS, Runner
 from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
 from bench.suite import available_models
 from bench.trial import run_trial
@@ -185,6 +187,24 @@ def test_a_real_trial_measures_and_cleans_up():
     assert trial["cleanup"] == {"graceful": True, "exit_status": 0, "leftover_procs": 0,
                                 "killed": 0, "remaining_after_kill": 0, "leftover_fds": 0}
     _assert_all_gone(pid)
+
+
+@pytest.mark.parametrize("clients, ahead", [(20, True), (OVERLAP_MAX_PROCS + 30, False)])
+def test_the_next_trial_begins_ahead_unless_the_server_is_a_big_tree(clients, ahead):
+    """Trial k+1 starts while trial k stops -- but not beside the stop of
+    hundreds of processes, whose exit disturbed the next trial's window."""
+    specs = [_spec("fork", clients=clients), _spec("epoll")]
+    runner = Runner(specs, placement(), use_cgroup=True)
+    try:
+        first = runner.run(0, Display(2, tty=False))
+        assert first["status"] == "ok", first["reason"]
+        assert first["server"]["procs_peak"] == clients + 1
+        assert (1 in runner.live) is ahead
+        second = runner.run(1, Display(2, tty=False))
+        assert second["status"] == "ok", second["reason"]
+    finally:
+        runner.close()
+    assert not runner.live
 
 
 def test_server_crash_is_a_failed_trial_and_its_orphan_is_killed():
