@@ -3,7 +3,7 @@
 Absolute times swing 3x between identical runs here, so nothing below gates on
 wall-clock speed.  Each check is a ratio or an ordering between models measured
 in the same run, with margins wide enough that only a broken model (or a broken
-harness) fails it.  Every check takes a results dict (CONTRACTS.md section 3)
+harness) fails it.  Every check takes a results dict (bench/results.py)
 and returns a list of one-line violations; an empty list means it holds.  A
 point a check needs but cannot find is itself a violation, so a suite that
 stopped measuring something cannot pass by omission.

@@ -34,7 +34,8 @@ Public API (stable; the report, compare and regression code import it):
 - ``point_summary(results, path, statuses=("ok",))``:
   ``{(scenario, model, protocol, x): summary(metric values of its repeats)}``.
 
-Beyond CONTRACTS.md section 3, the harness stores in each trial:
+Beyond the keys every trial has (TRIAL_KEYS, and those the report reads:
+server, load, derived), the harness stores in each trial:
 ``"cleanup"`` ({graceful, exit_status, leftover_procs -- processes that outlived
 the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
 ({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included),

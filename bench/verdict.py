@@ -1,12 +1,12 @@
 """What a trial's raw outcome means: its status and reason, and the per-message figures.
 
-Statuses (CONTRACTS.md section 3): "ok" -- measured, and the numbers mean what
-they say; "invalid" -- the run completed but the load generator itself was
-the bottleneck, so the server was not the limit; "failed" -- the server died
-or never started, the generator produced nothing, or a message was lost,
-corrupted, duplicated or reordered.  A server turning idle clients away at
-its own limit (select past fd 1023) is the measurement, not a failure: "ok"
-with the ceiling in the reason.
+Statuses (a trial's "status" in results.json, bench/results.py): "ok" --
+measured, and the numbers mean what they say; "invalid" -- the run completed
+but the load generator itself was the bottleneck, so the server was not the
+limit; "failed" -- the server died or never started, the generator produced
+nothing, or a message was lost, corrupted, duplicated or reordered. A server
+turning idle clients away at its own limit (select past fd 1023) is the
+measurement, not a failure: "ok" with the ceiling in the reason.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """From the workers' raw results to the one JSON object of `muxbench load --json`.
 
-The keys are the contract in CONTRACTS.md section 2; a few more (self_check,
-hdr_workers, message, ...) add what the issue asks for.  This is also where a
+Its keys begin with those every consumer relies on (sent, received, errors,
+throughput_msgs_s, latency_us with p50/p90/p99/p999/max); the rest (self_check,
+hdr_workers, message, ...) add what a careful reader needs.  This is also where a
 run is judged: `valid` is false when the generator itself was the bottleneck,
 and `exit_status` says whether the run was clean (0), had errors or integrity
 failures or was invalid (1), could not reach the server at all (2), or was

@@ -1,4 +1,4 @@
-"""Small results dicts shaped exactly like results.json (CONTRACTS.md section 3).
+"""Small results dicts shaped exactly like results.json (bench/results.py).
 
 They let the compare and invariant tests state a precise situation (one model
 twice as costly, a spinning server, a lost message) and check the verdict,
