@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 
-from bench import procs
+from bench import procfs, procs
 from bench.environment import ROOT, Placement
 from bench.launch import Launched, TrialSpec
 from bench.results import utc_now
@@ -32,6 +33,9 @@ from bench.sampler import TreeSampler
 from bench.verdict import classify, derived
 
 READY_TIMEOUT = 15.0
+# An invalid trial names the other work on the generator's CPUs past this
+# share of them (its resolution is two clock ticks, 20 ms).
+OTHERS_NOTED = 0.1
 WARMUP_START = "muxbench load: warm-up start"
 WINDOW_START = "muxbench load: window start"
 WINDOW_END = "muxbench load: window end"
@@ -51,6 +55,9 @@ class Trial:
         self.readers: list[threading.Thread] = []
         self.lines: list[str] = []
         self.warmup_at: float | None = None  # time.monotonic() of WARMUP_START
+        # At the window's edges: the time, the generator's CPUs' idle seconds
+        # and the orchestrator's own CPU seconds (it runs there too).
+        self.client_marks: dict[str, tuple[float, float, float]] = {}
         self.rusage = None
         self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
         self._remember(server.proc.stdout.fileno())
@@ -98,8 +105,10 @@ class Trial:
                 self.warmup_at = time.monotonic()
                 self.sampler.wake()
             elif line == WINDOW_START:
+                self._mark_client_cpus("start")
                 self.sampler.mark("start", memory=False)
             elif line == WINDOW_END:
+                self._mark_client_cpus("end")
                 self.sampler.mark("end", memory=False)
                 if self.on_window_end is not None:
                     self.on_window_end()
@@ -144,7 +153,8 @@ class Trial:
         stats["window"] = "loadgen" if window[0] == "start" else "process"
         client = None
         if self.rusage is not None:
-            client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage"}
+            client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage",
+                      "window": self._client_window(load)}
         trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
                      timeline=self._timeline())
         outcome = {"timed_out": timed_out, "exit_status": self.load_proc.returncode,
@@ -152,10 +162,37 @@ class Trial:
         trial["status"], trial["reason"] = classify(
             self.spec.workload, load, outcome, self.server.proc.poll(),
             procs.tail(self.server.stderr_path))
+        if trial["status"] == "invalid" and client is not None:
+            note = others_note(client["window"], stats["wall_s"], len(self.where.client_cpus))
+            if note:
+                _note(trial, note)
         if previous_done is not None and marks[window[0]].t < previous_done:
             lead = previous_done - marks[window[0]].t
             _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
                          "trial's server had stopped")
+
+    def _mark_client_cpus(self, name: str) -> None:
+        idle = procfs.idle_seconds(self.where.client_cpus)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        self.client_marks[name] = (time.monotonic(), idle, own.ru_utime + own.ru_stime)
+
+    def _client_window(self, load: dict | None) -> dict | None:
+        """What the generator's CPUs did in its window: its own work (the
+        network stack's included), the orchestrator's, and the rest -- other
+        processes, kernel threads and interrupts, the noise a trial cannot
+        control.  None unless the server is pinned off those CPUs and the
+        orchestrator onto them (as the suite does), or when a window edge is
+        missing."""
+        confined = os.sched_getaffinity(0) <= set(self.where.client_cpus)
+        if not (self.where.pinned and confined and {"start", "end"} <= self.client_marks.keys()
+                and load and load.get("client_cpu_s") is not None):
+            return None
+        (t0, idle0, own0), (t1, idle1, own1) = (self.client_marks["start"],
+                                                self.client_marks["end"])
+        busy = (t1 - t0) * len(self.where.client_cpus) - (idle1 - idle0)
+        generator, orchestrator = load["client_cpu_s"], own1 - own0
+        return {"cpus": self.where.client_cpus, "busy_s": busy, "generator_s": generator,
+                "orchestrator_s": orchestrator, "other_s": busy - generator - orchestrator}
 
     def server_procs(self) -> int:
         """Processes in the server's tree at the sampler's last reading (0 before one)."""
@@ -209,6 +246,15 @@ class Trial:
                          "server's stop" + ("" if cleanup["graceful"] else
                                             " (it ignored SIGTERM)")
                   + f"; {cleanup['killed']} killed")
+
+
+def others_note(window: dict | None, wall_s: float, cpus: int) -> str | None:
+    """Why a generator may have fallen behind, when other work took more than
+    OTHERS_NOTED of its CPUs in the window."""
+    if window is None or window["other_s"] <= OTHERS_NOTED * wall_s * cpus:
+        return None
+    return (f"other work took {window['other_s']:.2f} s of the generator's CPU in its "
+            f"{wall_s:.2f} s window")
 
 
 def _note(trial: dict, note: str) -> None:

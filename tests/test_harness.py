@@ -26,10 +26,10 @@ from bench.procs import group_members
 from bench.runner import OVERLAP_MAX_PROCS, Runner
 from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
 from bench.suite import available_models
-from bench.trial import run_trial
+from bench.trial import others_note, run_trial
 from bench.verdict import classify
 from tests import fake_results
-from tests.support import MUXBENCH, ROOT, process_tree, wait_for
+from tests.support import MUXBENCH, ROOT, kill_group, process_tree, wait_for
 
 # ---- results.json --------------------------------------------------------------------
 
@@ -205,6 +205,49 @@ def test_the_next_trial_begins_ahead_unless_the_server_is_a_big_tree(clients, ah
     finally:
         runner.close()
     assert not runner.live
+
+
+def test_other_work_on_the_generators_cpus_is_measured():
+    """A CPU hog beside the load generator shows in the window's `other_s`,
+    apart from the generator's and the orchestrator's time."""
+    where = placement()
+    if not where.pinned:
+        pytest.skip("needs a CPU for the server and one for the load generator")
+    own = os.sched_getaffinity(0)
+    windows = []
+    try:
+        os.sched_setaffinity(0, where.client_cpus)  # where the suite runs the orchestrator
+        for hog in (False, True):
+            hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                     start_new_session=True) for _ in where.client_cpus if hog]
+            try:
+                spec = _spec("epoll")
+                trial = run_trial(spec, where, Launched.start(spec, where, use_cgroup=True))
+            finally:
+                for proc in hogs:
+                    kill_group(proc)
+            assert trial["status"] == "ok", trial["reason"]
+            windows.append((trial["client"]["window"], trial["server"]["wall_s"]))
+    finally:
+        os.sched_setaffinity(0, own)
+    capacity = [wall * len(where.client_cpus) for _, wall in windows]
+    for (window, _), most in zip(windows, capacity, strict=True):
+        assert window["cpus"] == where.client_cpus
+        assert window["generator_s"] > 0 and window["orchestrator_s"] > 0
+        # Idle time is read in 10 ms clock ticks: two readings, two ticks.
+        assert -0.02 <= window["busy_s"] <= most + 0.02, window
+        parts = window["generator_s"] + window["orchestrator_s"] + window["other_s"]
+        assert parts == pytest.approx(window["busy_s"])
+    (quiet, _), (hogged, _) = windows
+    assert hogged["other_s"] >= quiet["other_s"] + 0.5 * capacity[1], windows
+
+
+def test_an_invalid_trial_names_the_other_work_beside_its_generator():
+    window = {"other_s": 0.2}
+    assert others_note(window, wall_s=0.5, cpus=1) == (
+        "other work took 0.20 s of the generator's CPU in its 0.50 s window")
+    assert others_note(window, wall_s=0.5, cpus=4) is None  # 10 % of 4 CPUs is more
+    assert others_note(None, wall_s=0.5, cpus=1) is None
 
 
 def test_server_crash_is_a_failed_trial_and_its_orphan_is_killed():
