@@ -194,10 +194,10 @@ class Trial:
         return {"cpus": self.where.client_cpus, "busy_s": busy, "generator_s": generator,
                 "orchestrator_s": orchestrator, "other_s": busy - generator - orchestrator}
 
-    def server_procs(self) -> int:
-        """Processes in the server's tree at the sampler's last reading (0 before one)."""
+    def server_tasks(self) -> int:
+        """Threads of the server's tree at the sampler's last reading (0 before one)."""
         samples = self.sampler.samples if self.sampler is not None else []
-        return samples[-1].procs if samples else 0
+        return samples[-1].threads if samples else 0
 
     def _timeline(self) -> dict[str, float]:
         times = {name: m.t for name, m in self.sampler.marks.items()}
