@@ -85,6 +85,17 @@ def packages() -> dict[str, str | None]:
     return out
 
 
+def damon_monitors() -> int | None:
+    """Running DAMON monitors (kdamond kernel threads), None without DAMON's
+    sysfs.  A VM may use one to reclaim idle memory; its work grows with the
+    pages many processes share, and it runs on any CPU, the load generator's
+    included."""
+    base = Path("/sys/kernel/mm/damon/admin/kdamonds")
+    if not base.is_dir():
+        return None
+    return sum(_read(str(state)) == "on" for state in base.glob("*/state"))
+
+
 def loadavg() -> list[float]:
     return list(os.getloadavg())
 
@@ -101,6 +112,7 @@ def environment(where: Placement) -> dict:
         "git_commit": git_commit(),
         "somaxconn": int(somaxconn) if somaxconn and somaxconn.isdigit() else None,
         "rlimit_nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+        "damon_monitors": damon_monitors(),
         "loadavg_before": loadavg(),
         "loadavg_after": None,
         "hostname": socket.gethostname(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,11 +169,27 @@ def environment_table(run: Run) -> Table:
         ("placement", _placement(place)),
         ("load average before / after", f"{_loadavg(env.get('loadavg_before'))} / "
                                          f"{_loadavg(env.get('loadavg_after'))}"),
+        ("other work on the load generator's CPUs", _others(res["trials"])),
+        ("DAMON memory monitors running", env.get("damon_monitors")),
         ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
     ]
     for name, value in rows:
         table.add(name, "not recorded" if value is None else str(value))
     return table
+
+
+def _others(trials: list[dict]) -> str | None:
+    """CPU time that neither the generator nor the orchestrator used on the
+    generator's CPUs, per window: how quiet the machine was."""
+    windows = [(trial["client"]["window"]["other_s"], trial) for trial in trials
+               if (trial.get("client") or {}).get("window")]
+    if not windows:
+        return None
+    median = statistics.median(other for other, _ in windows)
+    worst, trial = max(windows, key=lambda item: item[0])
+    point = ", ".join(f"{k} {v}" for k, v in trial["point"].items())
+    return (f"median {median:.3f} s, max {worst:.3f} s a window "
+            f"({trial['scenario']}, {trial['model']}, {point}; {len(windows)} windows)")
 
 
 def _loadavg(values: list | None) -> str:

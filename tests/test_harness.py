@@ -20,7 +20,7 @@ import pytest
 from bench import results as R
 from bench.cgroup import CGROUP_ROOT, PREFIX
 from bench.console import Display
-from bench.environment import placement
+from bench.environment import damon_monitors, placement
 from bench.launch import Launched, TrialSpec
 from bench.procs import group_members
 from bench.runner import OVERLAP_MAX_TASKS, Runner
@@ -356,6 +356,10 @@ def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
     placement_note = data["environment"]["placement"]
     assert placement_note["pinned"] == (len(os.sched_getaffinity(0)) > 1)
     assert data["environment"]["ctx_switch_accounting"].split(":")[0] in ("taskstats", "/proc")
+    assert data["environment"]["damon_monitors"] == damon_monitors()
+    if placement_note["pinned"]:  # the suite pins the orchestrator beside the generator
+        windows = [t["client"]["window"] for t in data["trials"] if t["status"] == "ok"]
+        assert windows and all(w is not None and w["busy_s"] >= -0.02 for w in windows)
 
 
 # ---- command line ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from bench.cli import main
 from bench.measures import Run, fmt
 from bench.report import build_tables
+from bench.tables import environment_table
 from tests.report_markdown import (
     CELL_PATHS,
     FIXTURE,
@@ -314,3 +315,22 @@ def test_a_lead_lost_within_the_spread_of_the_repeats_is_not_a_change():
     text = " ".join(sentences_of(results, "sparse"))
     assert "changes with" not in text
     assert "At idle fds = 1,000, epoll had the lowest CPU per message" in text
+
+
+def test_environment_table_says_how_quiet_the_generators_cpus_were():
+    results = fixture()
+    assert dict((row[0][0], row[1][0]) for row in environment_table(Run(results)).rows)[
+        "other work on the load generator's CPUs"] == "not recorded"  # older runs
+    others = [0.004, 0.012, 0.109, 0.020]
+    for trial, other in zip(results["trials"], others, strict=False):
+        trial["client"] = {"cpu_s": 1.0, "source": "rusage",
+                           "window": {"cpus": [1], "busy_s": 0.2 + other, "generator_s": 0.15,
+                                      "orchestrator_s": 0.05, "other_s": other}}
+    results["environment"]["damon_monitors"] = 1
+    rows = dict((row[0][0], row[1][0]) for row in environment_table(Run(results)).rows)
+    worst = results["trials"][2]
+    point = ", ".join(f"{k} {v}" for k, v in worst["point"].items())
+    assert rows["other work on the load generator's CPUs"] == (
+        f"median 0.016 s, max 0.109 s a window ({worst['scenario']}, {worst['model']}, "
+        f"{point}; 4 windows)")
+    assert rows["DAMON memory monitors running"] == "1"
