@@ -1,5 +1,5 @@
 """Reading /proc cheaply: a process's memory from smaps_rollup, a thread's
-context switches, and how long a CPU was idle.
+context switches, and how long a CPU was idle or stolen.
 
 The sampler reads these for every process (and, without taskstats, every
 thread) of a server's tree a few times a second, on the load generator's CPU,
@@ -73,21 +73,25 @@ def ctx_switches(pid: int, tid: int) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-def idle_seconds(cpus: Iterable[int]) -> float:
-    """Seconds these CPUs have spent idle (iowait included) since boot.
+def idle_and_steal(cpus: Iterable[int]) -> tuple[float, float]:
+    """Seconds these CPUs have spent idle (iowait included), and seconds the
+    hypervisor kept them from running (steal), since boot.
 
     Their busy time is what the rest of the clock leaves.  The busy counters
     of /proc/stat (user, system, softirq) are sampled at the timer tick, and a
     process that wakes on its own timer and sleeps again between ticks -- an
     open-loop load generator -- hides from them: they showed a tenth of its
     CPU time.  Idle time a tickless kernel measures on entering and leaving
-    idle, exactly; /proc/stat prints it in clock ticks, so a difference of
-    two readings is good to two ticks (20 ms at 100 Hz).
+    idle, exactly, and steal time comes from the hypervisor's own clock;
+    /proc/stat prints both in clock ticks, so a difference of two readings is
+    good to two ticks (20 ms at 100 Hz).
     """
     wanted = {f"cpu{n}".encode() for n in cpus}
-    ticks = 0
+    idle = steal = 0
     for line in (read("/proc/stat") or b"").splitlines():
         name, *fields = line.split()
         if name in wanted:
-            ticks += int(fields[3]) + int(fields[4])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            idle += int(fields[3]) + int(fields[4])
+            steal += int(fields[7])
+    tick = os.sysconf("SC_CLK_TCK")
+    return idle / tick, steal / tick

@@ -40,8 +40,9 @@ server, load, derived), the harness stores in each trial:
 the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
 ({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included;
 ``window``: what its CPUs did in the window -- busy_s, of which generator_s,
-orchestrator_s and other_s, the work of anyone else -- or null when the server
-or the orchestrator was not pinned apart),
+orchestrator_s and other_s, the work of anyone else, and apart from it steal_s,
+the time the hypervisor took them away -- or null when the server or the
+orchestrator was not pinned apart),
 ``"timeline"`` (seconds from the trial's start to each step: ready, load_start,
 warmup -- the generator's load began, and the memory figures begin there --, start,
 end, load_end, stopped) and, in ``"server"``,

@@ -169,7 +169,9 @@ def environment_table(run: Run) -> Table:
         ("placement", _placement(place)),
         ("load average before / after", f"{_loadavg(env.get('loadavg_before'))} / "
                                          f"{_loadavg(env.get('loadavg_after'))}"),
-        ("other work on the load generator's CPUs", _others(res["trials"])),
+        ("other work on the load generator's CPUs", _worst_windows(res["trials"], "other_s")),
+        ("time the hypervisor took from them (steal)",
+         _worst_windows(res["trials"], "steal_s")),
         ("DAMON memory monitors running", env.get("damon_monitors")),
         ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
     ]
@@ -178,11 +180,12 @@ def environment_table(run: Run) -> Table:
     return table
 
 
-def _others(trials: list[dict]) -> str | None:
-    """CPU time that neither the generator nor the orchestrator used on the
-    generator's CPUs, per window: how quiet the machine was."""
-    windows = [(trial["client"]["window"]["other_s"], trial) for trial in trials
-               if (trial.get("client") or {}).get("window")]
+def _worst_windows(trials: list[dict], key: str) -> str | None:
+    """A figure of the generator's CPUs per window (client.window): median and
+    worst, with the worst trial named -- how quiet the machine was."""
+    windows = [(window[key], trial) for trial in trials
+               if (window := (trial.get("client") or {}).get("window"))
+               and window.get(key) is not None]
     if not windows:
         return None
     median = statistics.median(other for other, _ in windows)

@@ -55,9 +55,9 @@ class Trial:
         self.readers: list[threading.Thread] = []
         self.lines: list[str] = []
         self.warmup_at: float | None = None  # time.monotonic() of WARMUP_START
-        # At the window's edges: the time, the generator's CPUs' idle seconds
-        # and the orchestrator's own CPU seconds (it runs there too).
-        self.client_marks: dict[str, tuple[float, float, float]] = {}
+        # At the window's edges: the time, the generator's CPUs' idle and
+        # stolen seconds, and the orchestrator's own CPU seconds (it runs there too).
+        self.client_marks: dict[str, tuple[float, float, float, float]] = {}
         self.rusage = None
         self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
         self._remember(server.proc.stdout.fileno())
@@ -172,27 +172,29 @@ class Trial:
                          "trial's server had stopped")
 
     def _mark_client_cpus(self, name: str) -> None:
-        idle = procfs.idle_seconds(self.where.client_cpus)
+        idle, steal = procfs.idle_and_steal(self.where.client_cpus)
         own = resource.getrusage(resource.RUSAGE_SELF)
-        self.client_marks[name] = (time.monotonic(), idle, own.ru_utime + own.ru_stime)
+        self.client_marks[name] = (time.monotonic(), idle, steal, own.ru_utime + own.ru_stime)
 
     def _client_window(self, load: dict | None) -> dict | None:
         """What the generator's CPUs did in its window: its own work (the
         network stack's included), the orchestrator's, and the rest -- other
         processes, kernel threads and interrupts, the noise a trial cannot
-        control.  None unless the server is pinned off those CPUs and the
-        orchestrator onto them (as the suite does), or when a window edge is
-        missing."""
+        control -- beside the time the hypervisor took them away (steal).
+        None unless the server is pinned off those CPUs and the orchestrator
+        onto them (as the suite does), or when a window edge is missing."""
         confined = os.sched_getaffinity(0) <= set(self.where.client_cpus)
         if not (self.where.pinned and confined and {"start", "end"} <= self.client_marks.keys()
                 and load and load.get("client_cpu_s") is not None):
             return None
-        (t0, idle0, own0), (t1, idle1, own1) = (self.client_marks["start"],
-                                                self.client_marks["end"])
-        busy = (t1 - t0) * len(self.where.client_cpus) - (idle1 - idle0)
+        (t0, idle0, steal0, own0), (t1, idle1, steal1, own1) = (self.client_marks["start"],
+                                                                self.client_marks["end"])
+        steal = steal1 - steal0
+        busy = (t1 - t0) * len(self.where.client_cpus) - (idle1 - idle0) - steal
         generator, orchestrator = load["client_cpu_s"], own1 - own0
         return {"cpus": self.where.client_cpus, "busy_s": busy, "generator_s": generator,
-                "orchestrator_s": orchestrator, "other_s": busy - generator - orchestrator}
+                "orchestrator_s": orchestrator, "other_s": busy - generator - orchestrator,
+                "steal_s": steal}
 
     def server_tasks(self) -> int:
         """Threads of the server's tree at the sampler's last reading (0 before one)."""
@@ -249,12 +251,16 @@ class Trial:
 
 
 def others_note(window: dict | None, wall_s: float, cpus: int) -> str | None:
-    """Why a generator may have fallen behind, when other work took more than
-    OTHERS_NOTED of its CPUs in the window."""
-    if window is None or window["other_s"] <= OTHERS_NOTED * wall_s * cpus:
+    """Why a generator may have fallen behind, when other work or the
+    hypervisor took more than OTHERS_NOTED of its CPUs in the window."""
+    if window is None:
         return None
-    return (f"other work took {window['other_s']:.2f} s of the generator's CPU in its "
-            f"{wall_s:.2f} s window")
+    taken = [f"{who} took {window[key]:.2f} s" for key, who in
+             (("other_s", "other work"), ("steal_s", "the hypervisor"))
+             if window[key] > OTHERS_NOTED * wall_s * cpus]
+    if not taken:
+        return None
+    return f"{' and '.join(taken)} of the generator's CPU in its {wall_s:.2f} s window"
 
 
 def _note(trial: dict, note: str) -> None:

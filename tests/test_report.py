@@ -325,12 +325,16 @@ def test_environment_table_says_how_quiet_the_generators_cpus_were():
     for trial, other in zip(results["trials"], others, strict=False):
         trial["client"] = {"cpu_s": 1.0, "source": "rusage",
                            "window": {"cpus": [1], "busy_s": 0.2 + other, "generator_s": 0.15,
-                                      "orchestrator_s": 0.05, "other_s": other}}
+                                      "orchestrator_s": 0.05, "other_s": other,
+                                      "steal_s": other / 2}}
     results["environment"]["damon_monitors"] = 1
     rows = dict((row[0][0], row[1][0]) for row in environment_table(Run(results)).rows)
     worst = results["trials"][2]
     point = ", ".join(f"{k} {v}" for k, v in worst["point"].items())
     assert rows["other work on the load generator's CPUs"] == (
         f"median 0.016 s, max 0.109 s a window ({worst['scenario']}, {worst['model']}, "
+        f"{point}; 4 windows)")
+    assert rows["time the hypervisor took from them (steal)"] == (
+        f"median 0.008 s, max 0.054 s a window ({worst['scenario']}, {worst['model']}, "
         f"{point}; 4 windows)")
     assert rows["DAMON memory monitors running"] == "1"
