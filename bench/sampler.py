@@ -12,8 +12,9 @@ thousand processes' memory takes half a second, on the load generator's CPU,
 just as its schedule begins; and at the close the generator is already
 closing its connections, so a reading then races the server's teardown (a
 forking server's children exiting).  The memory of a window is instead that of
-the ticks from the moment the load began (`wake()` asks for one then, during
-the warm-up) to the window's end.
+the ticks that lie wholly between the moment the load began (`wake()` asks for
+one then, during the warm-up) and the window's end; inside the window only
+cheap ticks run (`hush()`).
 
 CPU of a tree: with a cgroup (bench/cgroup.py) the kernel's counter for the
 group.  Otherwise psutil: the sum over the live processes of the tree of their
@@ -43,6 +44,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -52,6 +54,8 @@ from bench.cgroup import CpuCgroup
 
 # At most this share of a CPU goes to the periodic ticks.
 MAX_SHARE = 0.1
+# CPU seconds a tick may cost inside the measurement window (see hush()).
+HUSHED_TICK_MAX = 0.02
 
 
 @dataclass
@@ -66,7 +70,7 @@ class Mark:
 
 @dataclass
 class MemorySample:
-    t: float
+    t: float  # time.monotonic() when the reading was done
     rss: int
     uss: int
     pss: int
@@ -74,6 +78,7 @@ class MemorySample:
     threads: int
     fds: int
     procs: int
+    began: float  # ... and when it began: a sample counts for a span it lies within
 
 
 @dataclass
@@ -91,6 +96,10 @@ class TreeSampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._restart = threading.Event()  # wake(): drop the tick in progress
+        self._hushed = threading.Event()  # hush(): the measurement window is open
+        self._asked = False  # the tick in progress is wake()'s, which hush() spares
+        self.tick_cost = 0.0  # CPU seconds of the last whole tick
         self._thread: threading.Thread | None = None
         self._ctx_seen: dict[tuple[int, int], tuple[int, int]] = {}
         # The sampler's own CPU, spent on the load generator's CPUs: reported so
@@ -149,10 +158,16 @@ class TreeSampler:
         return (sum(v for v, _ in self._ctx_seen.values()),
                 sum(i for _, i in self._ctx_seen.values()))
 
-    def sample(self, t: float | None = None) -> MemorySample:
+    def sample(self, t: float | None = None,
+               abandon: Callable[[], bool] | None = None) -> MemorySample | None:
+        """Read the tree's memory (stamped `t`, default now); None, and
+        nothing kept, if `abandon()` turns true on the way."""
+        began = time.monotonic() if t is None else t
         memory: dict[str, int | None] = dict.fromkeys(procfs.ROLLUP, 0)
         threads = fds = procs = 0
         for proc in self.processes():
+            if abandon is not None and abandon():
+                return None
             mem = procfs.rollup(proc.pid)
             if mem is None:
                 continue  # exited meanwhile
@@ -168,7 +183,7 @@ class TreeSampler:
                 memory[key] = None if total is None or value is None else total + value
             procs += 1
         one = MemorySample(time.monotonic() if t is None else t, **memory,
-                           threads=threads, fds=fds, procs=procs)
+                           threads=threads, fds=fds, procs=procs, began=began)
         if procs:
             self.samples.append(one)
         return one
@@ -188,20 +203,43 @@ class TreeSampler:
             self.cost += time.thread_time() - spent
             return self.marks[name]
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Context switches and a memory sample; False if the sample was abandoned."""
         spent = time.thread_time()
         with self._lock:
             self.ctx()
-            self.sample()
+            done = self.sample(abandon=self._abandoning) is not None
             self.cost += time.thread_time() - spent
+            return done
+
+    def _abandoning(self) -> bool:
+        return (self._stop.is_set() or self._restart.is_set()
+                or (not self._asked and self._too_dear_now()))
+
+    def _too_dear_now(self) -> bool:
+        return self._hushed.is_set() and self.tick_cost > HUSHED_TICK_MAX
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
-        """Tick now, on the sampler's thread, not the caller's."""
+        """Tick now, on the sampler's thread, not the caller's; a tick in
+        progress is dropped, having begun too early to count.  hush() does not
+        stop this one: the window's memory may rest on it alone."""
+        self._restart.set()
         self._wake.set()
+
+    def hush(self, on: bool) -> None:
+        """While on, ticks that cost more than HUSHED_TICK_MAX wait, and one
+        in progress is dropped.  The sampler shares the load generator's CPU,
+        and in a half-second window a tick of a thousand processes (half a
+        second of CPU) left the generator hundreds of sends behind; a small
+        tree's ticks go on, and the window still gets its memory readings."""
+        if on:
+            self._hushed.set()
+        else:
+            self._hushed.clear()
 
     def stop(self) -> None:
         self._stop.set()
@@ -216,27 +254,35 @@ class TreeSampler:
             self._wake.wait(wait)
             if self._stop.is_set():
                 return
+            self._asked = self._restart.is_set()
             self._wake.clear()
+            self._restart.clear()
+            if not self._asked and self._too_dear_now():
+                wait = self.interval
+                continue
             spent = self.cost
-            self.tick()
+            if not self.tick():
+                wait = 0.0 if self._restart.is_set() else self.interval
+                continue
             # The sampler runs on the load generator's CPUs: a tree of a
             # thousand processes costs it most of a second a tick, which
             # would starve the generator.  Space the ticks so they take at most
-            # MAX_SHARE of a CPU; the marks still sample every window.
-            cost = self.cost - spent
-            wait = max(self.interval, cost * (1 - MAX_SHARE) / MAX_SHARE)
+            # MAX_SHARE of a CPU.
+            self.tick_cost = self.cost - spent
+            wait = max(self.interval, self.tick_cost * (1 - MAX_SHARE) / MAX_SHARE)
 
     # -- results ----------------------------------------------------------
     def stats(self, start: str = "start", end: str = "end", baseline: str | None = None,
               memory_from: float | None = None) -> dict:
         """The contract's "server" object for the window between two marks; its
-        memory from the samples since `memory_from` (default: the start)."""
+        memory from the samples that lie between `memory_from` (default: the
+        start) and the end -- none there, no memory figures."""
         a, b = self.marks[start], self.marks[end]
         wall = b.t - a.t
         cpu, user, system = b.cpu - a.cpu, b.user - a.user, b.system - a.system
         share = user / (user + system) if user + system > 0 else 1.0
         since = a.t if memory_from is None else memory_from
-        window = [s for s in self.samples if since <= s.t <= b.t] or self.samples[-1:]
+        window = [s for s in self.samples if since <= s.began and s.t <= b.t]
         out = {
             "cpu_user_s": cpu * share, "cpu_system_s": cpu * (1 - share), "cpu_s": cpu,
             "cpu_source": self.cpu_source, "wall_s": wall,

@@ -105,11 +105,13 @@ class Trial:
                 self.warmup_at = time.monotonic()
                 self.sampler.wake()
             elif line == WINDOW_START:
+                self.sampler.hush(True)  # first: a dear tick in progress must stop now
                 self._mark_client_cpus("start")
                 self.sampler.mark("start", memory=False)
             elif line == WINDOW_END:
                 self._mark_client_cpus("end")
                 self.sampler.mark("end", memory=False)
+                self.sampler.hush(False)
                 if self.on_window_end is not None:
                     self.on_window_end()
             elif line:

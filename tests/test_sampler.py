@@ -20,7 +20,7 @@ import pytest
 
 from bench import taskstats
 from bench.cgroup import CpuCgroup
-from bench.sampler import MAX_SHARE, TreeSampler
+from bench.sampler import HUSHED_TICK_MAX, MAX_SHARE, TreeSampler
 from tests.support import ROOT, kill_group, process_tree, wait_for
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
@@ -150,8 +150,8 @@ def test_memory_comes_from_the_ticks_since_the_load_began(burner):
     assert sampler.samples == [woken] and woken.t >= load_began and woken.procs == 1
     since_load = sampler.stats(memory_from=load_began)
     assert since_load["samples"] == 1 and since_load["pss_peak_bytes"] == woken.pss
-    since_start = sampler.stats()
-    assert since_start["samples"] == 1  # none inside: the last one before stands in
+    since_start = sampler.stats()  # none inside: no memory figures, not older ones
+    assert since_start["samples"] == 0 and since_start["pss_peak_bytes"] is None
 
 
 HOLDER = textwrap.dedent("""
@@ -301,3 +301,50 @@ def test_without_cap_net_admin_taskstats_gives_way_to_proc():
         result = subprocess.run([python, "-c", probe], cwd=where, capture_output=True,
                                 text=True, timeout=30, preexec_fn=unprivileged)
     assert (result.returncode, result.stdout) == (0, "True True\n"), result.stderr
+
+
+FORKER = textwrap.dedent("""
+    import os, sys, time
+    for _ in range(150):
+        if os.fork() == 0:
+            time.sleep(60); os._exit(0)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("children", [False, True])
+def test_hushed_only_cheap_ticks_run(children):
+    """In the window the sampler shares the generator's CPU: a tree whose
+    tick is dear is not read there (the tick in progress is dropped at once)
+    unless wake() asks, a cheap one still is."""
+    source = FORKER if children else THREADS.replace("range(400)", "range(1)")
+    proc = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sampler = TreeSampler(proc.pid, interval=0.01)
+        sampler.start()
+        try:
+            assert wait_for(lambda: len(sampler.samples) >= 2)
+            assert (sampler.tick_cost > HUSHED_TICK_MAX) is children
+            sampler.hush(True)
+            before, spent = len(sampler.samples), sampler.cost
+            time.sleep(0.6)
+            hushed, hushed_cost = len(sampler.samples) - before, sampler.cost - spent
+            asked = len(sampler.samples)
+            sampler.wake()  # the reading the window's memory rests on: spared
+            assert wait_for(lambda: len(sampler.samples) > asked)
+            sampler.hush(False)
+            assert wait_for(lambda: len(sampler.samples) > before + hushed)
+        finally:
+            sampler.stop()
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+    if children:
+        # At most the tick that was under way: dropped after a process or two.
+        assert hushed == 0 and hushed_cost < HUSHED_TICK_MAX, (hushed, hushed_cost)
+    else:
+        assert hushed >= 5
