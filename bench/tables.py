@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.measures import Metric, Point, Run, fmt, fmt_x, scenario_metrics
+from bench.results import metric
 
 Cell = list[str]  # stacked lines of one cell
 
@@ -183,9 +184,8 @@ def environment_table(run: Run) -> Table:
 def _worst_windows(trials: list[dict], key: str) -> str | None:
     """A figure of the generator's CPUs per window (client.window): median and
     worst, with the worst trial named -- how quiet the machine was."""
-    windows = [(window[key], trial) for trial in trials
-               if (window := (trial.get("client") or {}).get("window"))
-               and window.get(key) is not None]
+    windows = [(value, trial) for trial in trials
+               if (value := metric(trial, f"client.window.{key}")) is not None]
     if not windows:
         return None
     median = statistics.median(other for other, _ in windows)

@@ -256,6 +256,9 @@ CORRUPTIONS = {
     "trials is an object": lambda d: d.__setitem__("trials", {}),
     "environment is a list": lambda d: d.__setitem__("environment", []),
     "trial load is a list": _trial0("load", []),
+    "client window is a string": _trial0("client", {"window": "x"}),
+    "client window figures are not numbers": _trial0(
+        "client", {"window": {"other_s": "x", "steal_s": []}}),
 }
 CASES = [(name, what) for what in CORRUPTIONS for name in COMMANDS]
 
