@@ -98,7 +98,6 @@ class TreeSampler:
         self._wake = threading.Event()
         self._restart = threading.Event()  # wake(): drop the tick in progress
         self._hushed = threading.Event()  # hush(): the measurement window is open
-        self._asked = False  # the tick in progress is wake()'s, which hush() spares
         self.tick_cost = 0.0  # CPU seconds of the last whole tick
         self._thread: threading.Thread | None = None
         self._ctx_seen: dict[tuple[int, int], tuple[int, int]] = {}
@@ -213,8 +212,7 @@ class TreeSampler:
             return done
 
     def _abandoning(self) -> bool:
-        return (self._stop.is_set() or self._restart.is_set()
-                or (not self._asked and self._too_dear_now()))
+        return self._stop.is_set() or self._restart.is_set() or self._too_dear_now()
 
     def _too_dear_now(self) -> bool:
         return self._hushed.is_set() and self.tick_cost > HUSHED_TICK_MAX
@@ -225,17 +223,18 @@ class TreeSampler:
 
     def wake(self) -> None:
         """Tick now, on the sampler's thread, not the caller's; a tick in
-        progress is dropped, having begun too early to count.  hush() does not
-        stop this one: the window's memory may rest on it alone."""
+        progress is dropped, having begun too early to count."""
         self._restart.set()
         self._wake.set()
 
     def hush(self, on: bool) -> None:
         """While on, ticks that cost more than HUSHED_TICK_MAX wait, and one
-        in progress is dropped.  The sampler shares the load generator's CPU,
-        and in a half-second window a tick of a thousand processes (half a
-        second of CPU) left the generator hundreds of sends behind; a small
-        tree's ticks go on, and the window still gets its memory readings."""
+        in progress is dropped -- wake()'s too, if it has not finished by
+        then: the window then has no memory figures rather than a starved
+        generator.  The sampler shares the load generator's CPU, and in a
+        half-second window a tick of a thousand processes (half a second of
+        CPU) left the generator hundreds of sends behind; a small tree's
+        ticks go on, and the window still gets its memory readings."""
         if on:
             self._hushed.set()
         else:
@@ -254,10 +253,9 @@ class TreeSampler:
             self._wake.wait(wait)
             if self._stop.is_set():
                 return
-            self._asked = self._restart.is_set()
             self._wake.clear()
             self._restart.clear()
-            if not self._asked and self._too_dear_now():
+            if self._too_dear_now():
                 wait = self.interval
                 continue
             spent = self.cost

@@ -253,12 +253,14 @@ class Trial:
 
 
 def others_note(window: dict | None, wall_s: float, cpus: int) -> str | None:
-    """Why a generator may have fallen behind, when other work or the
-    hypervisor took more than OTHERS_NOTED of its CPUs in the window."""
+    """Why a generator may have fallen behind, when other work, the
+    orchestrator (the bench itself, sampling) or the hypervisor took more than
+    OTHERS_NOTED of its CPUs in the window."""
     if window is None:
         return None
     taken = [f"{who} took {window[key]:.2f} s" for key, who in
-             (("other_s", "other work"), ("steal_s", "the hypervisor"))
+             (("other_s", "other work"), ("orchestrator_s", "the orchestrator"),
+              ("steal_s", "the hypervisor"))
              if window[key] > OTHERS_NOTED * wall_s * cpus]
     if not taken:
         return None

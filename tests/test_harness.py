@@ -246,13 +246,14 @@ def test_other_work_on_the_generators_cpus_is_measured():
 
 
 def test_an_invalid_trial_names_the_other_work_beside_its_generator():
-    window = {"other_s": 0.2, "steal_s": 0.01}
+    window = {"other_s": 0.2, "orchestrator_s": 0.02, "steal_s": 0.01}
     assert others_note(window, wall_s=0.5, cpus=1) == (
         "other work took 0.20 s of the generator's CPU in its 0.50 s window")
     assert others_note(window, wall_s=0.5, cpus=4) is None  # 10 % of 4 CPUs is more
-    assert others_note({"other_s": 0.06, "steal_s": 0.08}, wall_s=0.5, cpus=1) == (
-        "other work took 0.06 s and the hypervisor took 0.08 s of the generator's CPU "
-        "in its 0.50 s window")
+    assert others_note({"other_s": 0.06, "orchestrator_s": 0.3, "steal_s": 0.08}, wall_s=0.5,
+                       cpus=1) == (
+        "other work took 0.06 s and the orchestrator took 0.30 s and the hypervisor took "
+        "0.08 s of the generator's CPU in its 0.50 s window")
     assert others_note(None, wall_s=0.5, cpus=1) is None
 
 
