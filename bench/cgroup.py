@@ -70,6 +70,14 @@ class CpuCgroup:
         except OSError:
             return []
 
+    def threads(self) -> int:
+        """Tasks in the group: the threads of every process."""
+        try:
+            return len((self.path / ("tasks" if self.version == "v1" else "cgroup.threads"))
+                       .read_text().split())
+        except OSError:
+            return 0
+
     def wait_empty(self, timeout: float) -> list[int]:
         """Wait for killed tasks to leave; returns those still there at the timeout."""
         deadline = time.monotonic() + timeout

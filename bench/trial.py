@@ -199,9 +199,8 @@ class Trial:
                 "steal_s": steal}
 
     def server_tasks(self) -> int:
-        """Threads of the server's tree at the sampler's last reading (0 before one)."""
-        samples = self.sampler.samples if self.sampler is not None else []
-        return samples[-1].threads if samples else 0
+        """Threads of the server's tree now (0 before it was ready)."""
+        return self.sampler.tasks() if self.sampler is not None else 0
 
     def _timeline(self) -> dict[str, float]:
         times = {name: m.t for name, m in self.sampler.marks.items()}

@@ -345,3 +345,23 @@ def test_hushed_only_cheap_ticks_run(children):
         assert hushed == 0 and hushed_cost < HUSHED_TICK_MAX, (hushed, hushed_cost)
     else:
         assert hushed >= 5
+
+
+def test_tasks_counts_every_thread_of_the_tree():
+    """What the runner asks before overlapping the next trial: a count of the
+    tree's threads that needs no memory reading."""
+    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    group = CpuCgroup.create("test-tasks")
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert TreeSampler(proc.pid).tasks() == 401
+        if group is not None:
+            assert group.add(proc.pid)
+            assert TreeSampler(proc.pid, cgroup=group).tasks() == 401
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
+        if group is not None:
+            group.remove()
