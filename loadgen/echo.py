@@ -20,18 +20,16 @@ import time
 from collections import deque
 
 from loadgen.integrity import (
-    HEADER,
     Pattern,
     Unsolicited,
-    Window,
     count_unanswered,
+    frame_packer,
     settle_mismatch,
 )
 from loadgen.schedule import Arrivals, Lag
 from loadgen.timer import Timer, sleep_until
 from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
 
-_pack = HEADER.pack
 PROBE = b"\x00"  # see EchoWorker.prepare
 
 
@@ -112,9 +110,10 @@ class EchoWorker(Worker):
         """One message due at `due` (the closed loop sends in line, in run())."""
         seq = c.seq
         c.seq = seq + 1
-        frame = _pack(seq, seq ^ c.key) + c.body
-        c.inflight.append((seq, frame, due, now))
-        if self.ws <= due < self.we:
+        frame = c.pattern.frame(seq)
+        counted = self.ws <= due < self.we
+        c.inflight.append((seq, frame, due, now, counted))
+        if counted:
             self.tally.sent += 1
         self.write(c, frame)
 
@@ -155,11 +154,11 @@ class EchoWorker(Worker):
             else:
                 self.send_due(c, due, now, free=True)
 
-    def release(self, c: EchoConn, now: int) -> None:
+    def release(self, c: EchoConn) -> None:
         """Open loop: a reply freed a slot; send the message held back for it, if any."""
         if c.waiting is not None and len(c.inflight) < self.plan.depth:
             due, c.waiting = c.waiting, None
-            self.send_due(c, due, now, free=False)
+            self.send_due(c, due, time.perf_counter_ns(), free=False)
 
     # -- receiving --------------------------------------------------------------
     def settle(self, c: EchoConn, frame: bytes) -> tuple | None:
@@ -168,8 +167,7 @@ class EchoWorker(Worker):
         if inflight and frame == inflight[0][1]:
             return inflight.popleft()
         try:
-            return settle_mismatch(frame, c.pattern, inflight, c.missing, self.tally,
-                                   Window(self.ws, self.we))
+            return settle_mismatch(frame, c.pattern, inflight, c.missing, self.tally)
         except Unsolicited:
             self.fail("unsolicited data")
             return None
@@ -182,7 +180,7 @@ class EchoWorker(Worker):
         return [buf[i:i + size] for i in range(0, whole, size)]
 
     def run(self, go: Go) -> None:
-        self.ws, self.we = ws, we = go.window
+        self.ws, self.we = go.window
         plan, open_loop = self.plan, self.open_loop
         clock = time.perf_counter_ns
         timer = Timer() if open_loop else None
@@ -198,18 +196,26 @@ class EchoWorker(Worker):
         size, depth = plan.size, plan.depth
         heap, armed = self.heap, 0
         record, serve = self.latency.append, self.service.append
+        pack = frame_packer(size)
         bufsize = min(RECV_SIZE, size * depth)
         phases = Phases(self, go.window, plan.drain_s)
         chan_fd = self.chan.fileno()
         refill = not open_loop
         received = sent = 0  # locals on the hot path; added to the tally at the end
+        # Replies are stamped when epoll_wait reports them: each was in its
+        # socket by then, and the time this loop then spends reading the ones
+        # before it is the generator's, not the server's.
+        seen = clock()
+        # Closed loop: whether what goes out now is one of the window's
+        # messages -- the loop's view, which changes as it passes the marks.
+        phases.advance(seen)
+        counted = phases.inside
         while True:
             for fd, ev in events:
                 c = conns.get(fd)
                 if c is None:
                     if fd == chan_fd:
                         self.hear(phases)
-                        we = self.we
                     elif timer is not None and fd == timer.fd:
                         timer.clear()
                         armed = 0
@@ -226,34 +232,29 @@ class EchoWorker(Worker):
                 if not data:
                     self.drop(c, "EOF")
                     continue
-                t = clock()
                 inflight = c.inflight
-                if c.buf or len(data) != size:
-                    frames = self.split(c, data)
-                elif inflight and data == inflight[0][1]:
-                    # The usual case: exactly the next frame, intact.
-                    frames = ()
+                if not c.buf and inflight and data == inflight[0][1]:
+                    # The usual case: exactly the next frame, intact, which
+                    # frees a slot of this (active) connection.
                     entry = inflight.popleft()
-                    due = entry[2]
-                    if ws <= due < we:
+                    if entry[4]:
                         received += 1
-                        record(t - due)
+                        record(seen - entry[2])
                         if open_loop:
-                            serve(t - entry[3])
+                            serve(seen - entry[3])
                 else:
-                    frames = (data,)
-                for frame in frames:
-                    entry = self.settle(c, frame)
-                    if entry is not None and ws <= entry[2] < we:
-                        received += 1
-                        record(t - entry[2])
-                        if open_loop:
-                            serve(t - entry[3])
-                if not c.active:
-                    continue
+                    for frame in self.split(c, data):
+                        entry = self.settle(c, frame)
+                        if entry is not None and entry[4]:
+                            received += 1
+                            record(seen - entry[2])
+                            if open_loop:
+                                serve(seen - entry[3])
+                    if not c.active or len(inflight) >= depth:
+                        continue
                 if open_loop:
-                    self.release(c, t)
-                elif refill and len(inflight) < depth:
+                    self.release(c)
+                elif refill:
                     refills.append(c)
             # The round's next messages go out back to back, after its replies
             # are read: the server, woken by the first, finds the others
@@ -267,9 +268,9 @@ class EchoWorker(Worker):
                     t = clock()
                     seq = c.seq
                     c.seq = seq + 1
-                    frame = _pack(seq, seq ^ c.key) + c.body
-                    inflight.append((seq, frame, t, t))
-                    if ws <= t < we:
+                    frame = pack(seq, seq ^ c.key, c.body)
+                    inflight.append((seq, frame, t, t, counted))
+                    if counted:
                         sent += 1
                     if c.out:
                         c.out += frame
@@ -290,6 +291,7 @@ class EchoWorker(Worker):
                 if not phases.advance(now):
                     break
                 refill = phases.sending and not open_loop
+                counted = phases.inside
             # Open loop keeps sending what was due inside the window while it
             # drains: a held-back message is exactly what response time is about.
             if not phases.sending and not heap and not any(
@@ -302,6 +304,7 @@ class EchoWorker(Worker):
                     armed = heap[0][0]
                     timer.arm(armed)
             events = poll(phases.timeout(now))
+            seen = clock()
         if timer is not None:
             timer.close()
         tally.received += received
@@ -310,12 +313,11 @@ class EchoWorker(Worker):
             c.waiting is not None for c in self.all if c.alive)
         if unsent:
             self.errors["unsent at drain end"] += unsent
-        window = Window(ws, we)
         for c in self.all:
-            tally.lost += count_unanswered(c.inflight, c.missing, window)
+            tally.lost += count_unanswered(c.inflight, c.missing)
             if c.alive:
                 # Lost as far as this run can tell, but perhaps only slow: say so.
-                late = count_unanswered(c.inflight, {}, window)
+                late = count_unanswered(c.inflight, {})
                 if late:
                     self.errors["no reply by drain end"] += late
                 c.sock.close()

@@ -105,9 +105,12 @@ class Phases:
     `advance(now)` is called on every loop iteration (one comparison, cheap);
     it snapshots the worker's CPU time as the window opens and closes, stops
     new sends at the window's end, and returns False once the drain is over.
+    `inside` says whether the loop has passed the window's start and not yet
+    its end: the closed loop counts what it sends meanwhile, so its messages
+    and its CPU time are those of one and the same span.
     """
 
-    __slots__ = ("drain_ns", "marks", "next", "sending", "worker")
+    __slots__ = ("drain_ns", "inside", "marks", "next", "sending", "worker")
 
     def __init__(self, worker: Worker, window: Window, drain_s: float) -> None:
         self.worker = worker
@@ -115,6 +118,7 @@ class Phases:
         self.marks = deque([window.start, window.end, window.end + self.drain_ns])
         self.next = window.start
         self.sending = True
+        self.inside = False
 
     def advance(self, now: int) -> bool:
         if now < self.next:
@@ -123,6 +127,7 @@ class Phases:
         if not self.marks:
             return False
         self.worker.cpu_mark()
+        self.inside = len(self.marks) == 2
         if len(self.marks) == 1:
             self.sending = False
             self.worker.stop_sending()

@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from loadgen.integrity import Pattern, Window, chat_line, parse_chat_line
+from loadgen.integrity import (
+    HEADER,
+    Pattern,
+    Window,
+    chat_line,
+    connection_key,
+    parse_chat_line,
+)
 from loadgen.worker import Phases
 from tests.faulty_servers import at, echo, faulty_server, flipping
 from tests.support import FAST, assert_clean_exit, problem_lines, run_load
@@ -186,6 +193,16 @@ def test_echo_frame_any_damaged_byte_is_rejected() -> None:
         assert pattern.seq_of(bytes(damaged)) is None, i
 
 
+def test_echo_frames_are_header_then_body_and_keys_never_collide() -> None:
+    pattern = Pattern(3, SIZE, seed=1)
+    for seq in (0, 1, 41, (1 << 30) - 1, 1 << 40):  # past 2**30 the key only costs more
+        frame = pattern.frame(seq)
+        assert frame == HEADER.pack(seq, seq ^ pattern.key) + pattern.body
+        assert len(frame) == SIZE and pattern.seq_of(frame) == seq
+    keys = [connection_key(cid) for cid in range(200_000)]
+    assert len(set(keys)) == len(keys) and max(keys) < 1 << 30
+
+
 class MarkLog:
     """What a worker hears from its Phases, written down."""
 
@@ -211,8 +228,10 @@ def test_a_cut_moves_the_window_end_and_the_drain_with_it() -> None:
     assert phases.next == now + S
     assert list(phases.marks) == [now + S, now + 3 * S, now + 5 * S]
     assert log.we == now + 3 * S
+    assert not phases.inside
     assert phases.advance(now + S) and phases.sending and log.calls == ["cpu"]
-    assert phases.advance(now + 3 * S) and not phases.sending
+    assert phases.inside  # what the closed loop sends from here on is counted
+    assert phases.advance(now + 3 * S) and not phases.sending and not phases.inside
     assert log.calls == ["cpu", "cpu", "stop"]
     assert phases.advance(now + 5 * S - 1) and not phases.advance(now + 5 * S)
 

@@ -13,7 +13,7 @@ from collections import deque
 
 import pytest
 
-from loadgen.integrity import SEQ, Pattern, Tally, Window, settle_mismatch
+from loadgen.integrity import COUNTED, DUE, SEQ, Pattern, Tally, settle_mismatch
 from loadgen.record import as_numpy, hdr_encode, new_samples, summarize
 from servers.protocol import Chat
 from tests.support import recv_exactly, serve
@@ -57,31 +57,29 @@ MESSAGES = 2_000
 SIZE = 64
 
 
-def _inflight(pattern: Pattern) -> list[tuple[int, bytes, int, int]]:
-    # (seq, frame, due_ns, sent_ns), as the echo worker keeps them
-    return [(seq, pattern.frame(seq), 1_000 * seq, 1_000 * seq + 5) for seq in range(MESSAGES)]
+def _inflight(pattern: Pattern) -> list[tuple[int, bytes, int, int, bool]]:
+    # (seq, frame, due_ns, sent_ns, counted), as the echo worker keeps them
+    return [(seq, pattern.frame(seq), 1_000 * seq, 1_000 * seq + 5, True)
+            for seq in range(MESSAGES)]
 
 
 def record_replies(pending: list, replies: list[bytes], pattern: Pattern) -> tuple[Tally, bytes]:
     """What the echo worker (loadgen/echo.py) does per reply: match it against the next
-    frame in flight (the slow path only on a mismatch), count it if it was due inside
-    the window, and append its latency to the raw array."""
+    frame in flight (the slow path only on a mismatch), count it if it is one of the
+    window's messages, and append its latency to the raw array."""
     inflight, missing, tally = deque(pending), {}, Tally()
-    ws, we = 0, 1 << 62
-    window = Window(ws, we)
     samples = new_samples()
     record = samples.append
     for t, frame in enumerate(replies, start=MESSAGES * 1_000):
         if inflight and frame == inflight[0][1]:
             entry = inflight.popleft()
         else:
-            entry = settle_mismatch(frame, pattern, inflight, missing, tally, window)
+            entry = settle_mismatch(frame, pattern, inflight, missing, tally)
             if entry is None:
                 continue
-        due = entry[2]
-        if ws <= due < we:
+        if entry[COUNTED]:
             tally.received += 1
-            record(t - due)
+            record(t - entry[DUE])
     return tally, samples.tobytes()
 
 
