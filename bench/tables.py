@@ -188,7 +188,7 @@ def _worst_windows(trials: list[dict], key: str) -> str | None:
                if (value := metric(trial, f"client.window.{key}")) is not None]
     if not windows:
         return None
-    median = statistics.median(other for other, _ in windows)
+    median = statistics.median(value for value, _ in windows)
     worst, trial = max(windows, key=lambda item: item[0])
     point = ", ".join(f"{k} {v}" for k, v in trial["point"].items())
     return (f"median {median:.3f} s, max {worst:.3f} s a window "
