@@ -15,8 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers.models import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 MUXBENCH = [sys.executable, "-m", "bench.cli"]
+# Every model this machine can run (uvloop only where it is installed).
+AVAILABLE = [name for name, model in MODELS.items() if model.unavailable_reason() is None]
 
 
 @dataclass
@@ -50,6 +54,20 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+
+
+@contextlib.contextmanager
+def piped(argv: list[str], **popen: object) -> Iterator[subprocess.Popen]:
+    """A child with its stdin and stdout piped to us, in its own process group;
+    the group killed and the pipes closed on exit."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+        proc.stdin.close()
+        proc.stdout.close()
 
 
 def serve(model: str, protocol: str = "echo", *extra: str, preexec_fn=None,

@@ -19,7 +19,6 @@ import random
 
 import pytest
 
-from servers.models import MODELS
 from servers.protocol import Chat, Echo, Limits, LineTooLong
 from tests.fuzz_support import (
     ENDINGS,
@@ -34,9 +33,8 @@ from tests.fuzz_support import (
     unclear_log_lines,
     warm_baseline,
 )
-from tests.support import recv_exactly, serve, wait_for
+from tests.support import AVAILABLE, recv_exactly, serve, wait_for
 
-AVAILABLE = [name for name, model in MODELS.items() if model.unavailable_reason() is None]
 MAX_LINE = 2048  # small, so that too-long lines are cheap to make
 LIMITS = Limits(max_line=MAX_LINE)
 FAST_SEEDS = range(3)

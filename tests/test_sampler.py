@@ -21,7 +21,7 @@ import pytest
 from bench import taskstats
 from bench.cgroup import CpuCgroup
 from bench.sampler import HUSHED_TICK_MAX, MAX_SHARE, TreeSampler
-from tests.support import ROOT, kill_group, process_tree, wait_for
+from tests.support import ROOT, kill_group, piped, process_tree, wait_for
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
 TICK = 0.011  # psutil reads 10 ms clock ticks: allow one per process
@@ -56,14 +56,8 @@ BURNER = textwrap.dedent(f"""
 
 @pytest.fixture
 def burner():
-    proc = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with piped([sys.executable, "-c", BURNER], text=True) as proc:
         yield proc
-    finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
 
 
 def _measure(proc: subprocess.Popen, cgroup: CpuCgroup | None) -> dict:

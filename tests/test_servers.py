@@ -13,10 +13,8 @@ import time
 import psutil
 import pytest
 
-from servers.models import MODELS
-from tests.support import recv_exactly, recv_until_closed, serve, wait_for
+from tests.support import AVAILABLE, recv_exactly, recv_until_closed, serve, wait_for
 
-AVAILABLE = [name for name, model in MODELS.items() if model.unavailable_reason() is None]
 PROTOCOLS = ["echo", "chat"]
 
 

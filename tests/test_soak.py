@@ -24,7 +24,6 @@ import time
 
 import pytest
 
-from servers.models import MODELS
 from tests.fuzz_support import (
     Peer,
     Snapshot,
@@ -37,9 +36,8 @@ from tests.fuzz_support import (
     unclear_log_lines,
     warm_baseline,
 )
-from tests.support import serve, wait_for
+from tests.support import AVAILABLE, serve, wait_for
 
-AVAILABLE = [name for name, model in MODELS.items() if model.unavailable_reason() is None]
 EVERY = [(m, p) for m in AVAILABLE for p in ("echo", "chat")]
 # One of each way of serving: a readiness loop, select's fd bitmaps, threads, processes, asyncio.
 REPRESENTATIVE = [(m, p) for m, p in [("epoll", "echo"), ("select", "chat"), ("thread", "chat"),
