@@ -4,9 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint bench bench-quick report regress microbench soak speed clean
+.PHONY: install netcat test lint bench bench-quick report regress microbench soak speed clean
 
-install: $(STAMP)
+install: $(STAMP) netcat
+
+# The tests drive every model with `nc -N`, as a person would try one.  As
+# root, a bare Debian machine gets netcat-openbsd; otherwise those tests are
+# skipped, and say why.
+netcat:
+	@command -v nc >/dev/null || if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq netcat-openbsd >/dev/null; \
+	else \
+		echo "make: no nc, and only root may install netcat-openbsd: tests/test_netcat.py skips"; \
+	fi
 
 # Re-install only when the dependency list changes.
 $(STAMP): pyproject.toml
