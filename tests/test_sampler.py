@@ -252,20 +252,23 @@ SWITCHERS = textwrap.dedent("""
 """)
 
 
+def all_asleep(pid: int) -> bool:
+    """Every thread of pid blocked (state S): none will switch until woken."""
+    stats = [(task / "stat").read_text() for task in Path(f"/proc/{pid}/task").iterdir()]
+    return all(stat.rsplit(")", 1)[1].split()[0] == "S" for stat in stats)
+
+
 def test_taskstats_counts_the_threads_proc_shows_and_those_gone():
     if taskstats.shared() is None:
         pytest.skip("no taskstats in this kernel")
-    proc = subprocess.Popen([sys.executable, "-c", SWITCHERS], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with piped([sys.executable, "-c", SWITCHERS], text=True) as proc:
         assert proc.stdout.readline().strip() == "ready"
+        # "ready" goes out before the main thread blocks on stdin, and that
+        # block is one more switch: read once every thread is asleep.
+        assert wait_for(lambda: all_asleep(proc.pid))
         from_proc = TreeSampler(proc.pid, kernel=None).ctx()
         from_kernel = TreeSampler(proc.pid).ctx()
         again = TreeSampler(proc.pid, kernel=None).ctx()
-    finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
     assert from_proc == again  # nothing switched meanwhile: the reads are comparable
     # /proc lists the two live threads; the kernel adds the 50 that exited.
     assert 20 <= from_proc[0] < 50 * 20
