@@ -8,6 +8,7 @@ sampler must charge all three, exactly once each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -97,17 +98,13 @@ def test_cgroup_counts_the_same_tree():
     group = CpuCgroup.create("test-sampler")
     if group is None:
         pytest.skip("no writable CPU-accounting cgroup on this machine")
-    proc = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        stats = _measure(proc, group)
-        assert stats["cpu_source"] == "cgroup"
-        _check(stats, tolerance=0.01)
-        assert set(group.procs()) == {proc.pid, *process_tree(proc.pid)}
+        with piped([sys.executable, "-c", BURNER], text=True) as proc:
+            stats = _measure(proc, group)
+            assert stats["cpu_source"] == "cgroup"
+            _check(stats, tolerance=0.01)
+            assert set(group.procs()) == {proc.pid, *process_tree(proc.pid)}
     finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
         group.remove()
     assert not group.path.exists()
 
@@ -165,27 +162,19 @@ HOLDER = textwrap.dedent("""
 def test_anonymous_pss_ignores_outside_sharers_and_splits_fork_sharing():
     """Memory per connection is read from anonymous PSS: neither other Python
     processes mapping libpython nor a child sharing pages copy-on-write may move it."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, start_new_session=True)
-    others: list[subprocess.Popen] = []
-    try:
+    with contextlib.ExitStack() as running:
+        holder = running.enter_context(piped([sys.executable, "-c", HOLDER], text=True))
         assert holder.stdout.readline().strip() == "ready"
         sampler = TreeSampler(holder.pid)
         alone = sampler.sample()
-        others = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                                   stdin=subprocess.PIPE, start_new_session=True)
-                  for _ in range(3)]
+        for _ in range(3):
+            running.enter_context(piped([sys.executable, "-c", "import sys; sys.stdin.read()"]))
         time.sleep(0.5)  # let them map and touch libpython
         crowded = sampler.sample()
         holder.stdin.write("fork\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "forked"
         forked = sampler.sample()
-    finally:
-        for proc in [holder, *others]:
-            kill_group(proc)
-            proc.stdin.close()
-        holder.stdout.close()
     assert alone.pss_anon >= 32 << 20
     assert alone.uss >= alone.pss_anon  # the block is private to the only process
     assert abs(crowded.pss_anon - alone.pss_anon) <= 64 << 10, (alone, crowded)
@@ -209,9 +198,7 @@ def test_ticks_take_at_most_their_share_of_a_cpu():
     """The sampler shares the load generator's CPUs: a big tree must not turn
     its ticks into a CPU hog.  Without taskstats, 400 threads make each tick
     read 400 files."""
-    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with piped([sys.executable, "-c", THREADS], text=True) as proc:
         assert proc.stdout.readline().strip() == "ready"
         sampler = TreeSampler(proc.pid, interval=0.01, kernel=None)
         sampler.tick()
@@ -222,10 +209,6 @@ def test_ticks_take_at_most_their_share_of_a_cpu():
         time.sleep(1.5)
         sampler.stop()
         elapsed = time.monotonic() - started
-    finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
     ticks = len(sampler.samples) - 1
     assert ticks >= 2  # spaced out, not stopped
     # Each tick is followed by a wait long enough to keep the share; the last
@@ -316,9 +299,7 @@ def test_hushed_only_cheap_ticks_run(children):
     tick is dear is not read there (the tick in progress is dropped at once),
     a cheap one still is."""
     source = FORKER if children else THREADS.replace("range(400)", "range(1)")
-    proc = subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with piped([sys.executable, "-c", source], text=True) as proc:
         assert proc.stdout.readline().strip() == "ready"
         sampler = TreeSampler(proc.pid, interval=0.01)
         sampler.start()
@@ -333,10 +314,6 @@ def test_hushed_only_cheap_ticks_run(children):
             assert wait_for(lambda: len(sampler.samples) > before + hushed)
         finally:
             sampler.stop()
-    finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
     if children:
         # At most the tick that was under way: dropped after a process or two.
         assert hushed == 0 and hushed_cost < HUSHED_TICK_MAX, (hushed, hushed_cost)
@@ -347,18 +324,14 @@ def test_hushed_only_cheap_ticks_run(children):
 def test_tasks_counts_every_thread_of_the_tree():
     """What the runner asks before overlapping the next trial: a count of the
     tree's threads that needs no memory reading."""
-    proc = subprocess.Popen([sys.executable, "-c", THREADS], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     group = CpuCgroup.create("test-tasks")
     try:
-        assert proc.stdout.readline().strip() == "ready"
-        assert TreeSampler(proc.pid).tasks() == 401
-        if group is not None:
-            assert group.add(proc.pid)
-            assert TreeSampler(proc.pid, cgroup=group).tasks() == 401
+        with piped([sys.executable, "-c", THREADS], text=True) as proc:
+            assert proc.stdout.readline().strip() == "ready"
+            assert TreeSampler(proc.pid).tasks() == 401
+            if group is not None:
+                assert group.add(proc.pid)
+                assert TreeSampler(proc.pid, cgroup=group).tasks() == 401
     finally:
-        kill_group(proc)
-        proc.stdin.close()
-        proc.stdout.close()
         if group is not None:
             group.remove()
