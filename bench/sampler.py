@@ -133,13 +133,7 @@ class TreeSampler:
         list where there is one, not a memory reading, which may be missing."""
         if self.cgroup:
             return self.cgroup.threads()
-        count = 0
-        for proc in self.processes():
-            try:
-                count += proc.num_threads()
-            except psutil.Error:
-                continue  # exited meanwhile
-        return count
+        return sum(len(procfs.tasks(pid)) for pid in self.pids())
 
     def cpu(self) -> tuple[float, float, float]:
         """Cumulative (total, user, system) seconds of the tree, reaped children included."""
