@@ -91,7 +91,7 @@ def listening(argv: list[str], preexec_fn=None,
             start_new_session=True, preexec_fn=preexec_fn,
         )
     try:
-        line = _readline(proc, ready_timeout)
+        line = read_line(proc, ready_timeout)
         if "listening on " not in line:
             raise RuntimeError(f"server did not start: {line!r}\n{stderr_path.read_text()}")
         host, _, port = line.split("listening on ", 1)[1].strip().rpartition(":")
@@ -103,7 +103,8 @@ def listening(argv: list[str], preexec_fn=None,
         stderr_path.unlink(missing_ok=True)
 
 
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
+def read_line(proc: subprocess.Popen, timeout: float = 5.0) -> str | bytes:
+    """The child's next line of output, once some of it came within `timeout`."""
     import selectors
 
     with selectors.DefaultSelector() as sel:

@@ -16,7 +16,7 @@ from bench import invariants
 from bench.results import load_results
 from bench.sampler import TreeSampler
 from tests import fake_results as fake
-from tests.support import ROOT, _readline, kill_group, serve
+from tests.support import ROOT, kill_group, read_line, serve
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def spinning_server():
     proc = subprocess.Popen([sys.executable, "-c", SPINNER], stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        port = int(_readline(proc, 10.0).rsplit(":", 1)[1])
+        port = int(read_line(proc, 10.0).rsplit(":", 1)[1])
         yield proc.pid, ("127.0.0.1", port)
     finally:
         kill_group(proc)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import random
-import selectors
 import shutil
 import subprocess
 
 import pytest
 
-from tests.support import AVAILABLE, piped, serve
+from tests.support import AVAILABLE, piped, read_line, serve
 
 NC = shutil.which("nc")
 pytestmark = pytest.mark.skipif(
@@ -24,21 +23,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def netcat(port: int) -> contextlib.AbstractContextManager[subprocess.Popen]:
-    """An interactive `nc -N` to 127.0.0.1:port; unbuffered, for read_line()."""
+    """An interactive `nc -N` to 127.0.0.1:port.  Unbuffered: a line read_line()
+    takes leaves nothing in a buffer that communicate() would not see."""
     return piped([NC, "-N", "127.0.0.1", str(port)], bufsize=0)
-
-
-def read_line(proc: subprocess.Popen, timeout: float = 5.0) -> bytes:
-    """One line of nc's output, or what came before the timeout."""
-    line = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n") and sel.select(timeout):
-            byte = proc.stdout.read(1)
-            if not byte:
-                break
-            line += byte
-    return line
 
 
 def one_shot(port: int, data: bytes) -> bytes:
