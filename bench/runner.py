@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 import time
 
-from bench import procs
 from bench.console import Display, describe
 from bench.environment import Placement
 from bench.launch import Launched, TrialSpec
@@ -89,6 +88,6 @@ class Runner:
             self.live.clear()
         for trial, thread in entries:
             if thread is not None:
-                procs.kill_group(trial.server.proc)  # unblocks a wait for its ready line
+                trial.server.kill()  # ends its wait for the server to be ready
                 thread.join(20)
             trial.abort()

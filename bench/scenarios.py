@@ -5,7 +5,9 @@ axis, and its points per suite.  A point is a dict of parameters stored as is
 in every trial (`trial["point"]`); `load_args()` and `server_args()` turn it
 into command-line options.  A point may be limited to some models, for the
 points that only mean something for them (select past fd 1024) or would cost
-minutes for little (a thousand forked children).
+minutes for little (a thousand forked children); a command server (the C
+reference, or one given with `muxbench bench --server`) runs the points open
+to every model.
 
 Parameters a point may hold:
   clients          connections (chat: the room size; churn: concurrent connectors)
@@ -18,9 +20,15 @@ Parameters a point may hold:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-REFERENCE = "c-epoll"  # the C epoll echo server: the limit every echo figure is read against
+if TYPE_CHECKING:
+    from bench.launch import CommandServer
+
+# The C epoll echo server, run as a command server: the limit every echo figure is read against.
+REFERENCE = "c-epoll"
 SUITES = ("quick", "default", "full")
 
 
@@ -160,12 +168,20 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
-def scenario_models(scenario: Scenario, suite: str, available: list[str]) -> list[str]:
-    """The models a scenario runs, in catalogue order (the C server last)."""
-    names = [m for m in available if m != REFERENCE
-             and (scenario.models is None or m in scenario.models)]
-    if suite in scenario.reference and REFERENCE in available:
-        names.append(REFERENCE)
+def scenario_models(scenario: Scenario, suite: str, models: list[str],
+                    servers: Mapping[str, CommandServer] | None = None) -> list[str]:
+    """The models a scenario runs: the built-in `models` it is for, in catalogue
+    order, then the command `servers` that speak its protocol, in theirs.
+
+    A command server runs every scenario open to all models (none of one model's
+    parameters, like the polling interval) -- the C reference only in the suites
+    its `reference` names, where its figures are worth their time.
+    """
+    names = [m for m in models if scenario.models is None or m in scenario.models]
+    if scenario.models is None:
+        names += [name for name, server in (servers or {}).items()
+                  if server.protocol == scenario.protocol
+                  and (name != REFERENCE or suite in scenario.reference)]
     return names
 
 
@@ -211,9 +227,9 @@ class PlannedTrial:
     repeat: int
 
 
-def plan(suite: str, scenarios: list[Scenario], available: list[str],
-         repeats: int) -> list[PlannedTrial]:
-    """Every trial of a suite, in run order.
+def plan(suite: str, scenarios: list[Scenario], models: list[str], repeats: int,
+         servers: Mapping[str, CommandServer] | None = None) -> list[PlannedTrial]:
+    """Every trial of a suite, in run order (`models` and `servers` as in scenario_models).
 
     Models take turns at each point, and the order rotates with the point and
     the repeat, so no model always runs first (on a cold cache) or right after
@@ -222,9 +238,9 @@ def plan(suite: str, scenarios: list[Scenario], available: list[str],
     out = []
     for repeat in range(repeats):
         for scenario in scenarios:
-            models = scenario_models(scenario, suite, available)
+            names = scenario_models(scenario, suite, models, servers)
             for index, point in enumerate(scenario.suites[suite]):
-                turn = point_models(point, models)
+                turn = point_models(point, names)
                 if not turn:
                     continue
                 shift = (repeat + index) % len(turn)

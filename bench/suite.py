@@ -5,6 +5,10 @@ rewritten atomically after every trial, so an interrupted or killed run keeps
 every trial it completed.  Ctrl-C (or SIGTERM) stops within seconds: the
 current trial's processes are killed, the file is written with status
 "interrupted", and the exit status is 130.
+
+Beside the built-in models, any server -- in any language -- runs the same
+trials from its own command line (`--server NAME=COMMAND`): the C reference
+server is one such server.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from bench import cgroup, procs, taskstats
 from bench.cgroup import CpuCgroup
 from bench.console import Display, describe, summary_table
 from bench.environment import environment, loadavg, placement
-from bench.launch import TrialSpec
+from bench.launch import READY_TIMEOUT, CommandServer, TrialSpec
 from bench.results import SCHEMA_VERSION, ResultsWriter, new_run_id, point_latest, utc_now
 from bench.runner import Runner
 from bench.scenarios import (
@@ -36,6 +40,26 @@ from bench.scenarios import (
 from servers.argtypes import float_where, positive_int
 from servers.models import MODELS
 
+EVERY = "all"  # --models all: every available model, also beside --server
+
+EPILOG = f"""\
+Bring your own server:
+  muxbench bench --server NAME='COMMAND ... {{port}} ...' [--server-protocol echo|chat]
+runs a server of yours, in any language, through every scenario of that
+protocol open to all models, exactly as the built-in models run: pinned to the
+server CPU, sampled, cleaned up, stored under the model name NAME (its command
+line is kept in the run's environment.servers).  The command is split like a
+shell's words and run without a shell, in the current directory; {{port}}
+(required) and {{host}} (127.0.0.1) are replaced by the address it must listen
+on, on a free port the harness picks.  It need print nothing: it is ready once
+a connection to that address succeeds, within --ready-timeout seconds, or the
+trial fails with the reason (its exit status, or "not listening", and the last
+lines of its output) and the suite goes on.  With --server and no --models,
+only the --server entries run; --models names the built-in ones to run beside
+them ({EVERY}: every available one, {REFERENCE} included).  Example:
+  muxbench bench --suite quick --server mine='./echo-server --port {{port}}' --models epoll
+"""
+
 
 def _names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
@@ -43,13 +67,26 @@ def _names(values: list[str] | None) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep EPILOG's lines
+    parser.epilog = EPILOG
     parser.add_argument("--suite", choices=SUITES, default="default",
                         help="quick (<= 2 min, a few points of every scenario), default "
                              "(<= 10 min, what `make bench` runs) or full (up to 10000 "
                              "clients, 5 repeats); default: default")
     parser.add_argument("--models", action="append", metavar="M[,M...]",
                         help="only these models (repeatable; default every available one, "
-                             f"plus {REFERENCE} where gcc exists)")
+                             f"plus {REFERENCE} where gcc exists, or none beside --server; "
+                             f"'{EVERY}': every available one)")
+    parser.add_argument("--server", action="append", metavar="NAME=COMMAND",
+                        help="also run this server, started by COMMAND with {host} and "
+                             "{port} filled in (repeatable; see below)")
+    parser.add_argument("--server-protocol", choices=("echo", "chat"), default=None,
+                        help="what every --server speaks: echo (RFC 862) or chat (every "
+                             "line to every client); default echo")
+    parser.add_argument("--ready-timeout", default=READY_TIMEOUT, metavar="S",
+                        type=float_where(lambda v: v > 0, "must be a positive number"),
+                        help="seconds a server has to start listening before its trial "
+                             f"fails (default {READY_TIMEOUT:g})")
     parser.add_argument("--scenarios", action="append", metavar="S[,S...]",
                         help="only these scenarios (repeatable): " + ", ".join(SCENARIOS))
     parser.add_argument("--repeats", type=positive_int, default=None,
@@ -65,8 +102,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="print the trials the suite would run, and run none")
 
 
-def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str], list[str] | None]:
-    """(models to run, {model: why it is skipped}, the C server's argv)."""
+def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str],
+                                                 dict[str, CommandServer]]:
+    """(built-in models to run, {model: why it is skipped}, {name: command server}:
+    the C reference where it can be built); `wanted` empty: every one."""
     skipped: dict[str, str] = {}
     models = []
     for name, model in MODELS.items():
@@ -75,21 +114,33 @@ def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str], list
             skipped[name] = reason
         elif not wanted or name in wanted:
             models.append(name)
-    reference_cmd = None
+    servers = {}
     if not wanted or REFERENCE in wanted:
         try:
-            from servers.reference import reference_server_command
-            reference_cmd = reference_server_command()
-            if reference_cmd is None:
+            from servers.reference import reference_server_template
+            command = reference_server_template()
+            if command is None:
                 skipped[REFERENCE] = "no C compiler found, the C reference server is skipped"
+            else:
+                servers[REFERENCE] = CommandServer(REFERENCE, command, "echo")
         except (ImportError, RuntimeError, OSError) as exc:
             skipped[REFERENCE] = f"C reference server unavailable: {exc}"
-        if reference_cmd:
-            models.append(REFERENCE)
-    return models, skipped, reference_cmd
+    return models, skipped, servers
 
 
-def _spec(planned: PlannedTrial, args: argparse.Namespace, reference_cmd) -> TrialSpec:
+def command_servers(values: list[str] | None, protocol: str) -> dict[str, CommandServer]:
+    """The --server entries, each checked (ValueError: one line on the first bad one)."""
+    servers: dict[str, CommandServer] = {}
+    for text in values or []:
+        server = CommandServer.parse(text, protocol, taken={*MODELS, REFERENCE, EVERY})
+        if server.name in servers:
+            raise ValueError(f"--server {server.name}: given twice")
+        servers[server.name] = server
+    return servers
+
+
+def _spec(planned: PlannedTrial, args: argparse.Namespace,
+          servers: dict[str, CommandServer]) -> TrialSpec:
     settings = SUITE_SETTINGS[args.suite]
     sc = planned.scenario
     return TrialSpec(
@@ -101,7 +152,7 @@ def _spec(planned: PlannedTrial, args: argparse.Namespace, reference_cmd) -> Tri
         warmup=(settings.warmup + connections(planned.point) / 1000) * args.duration_scale,
         sample_interval=settings.sample_interval,
         load_args=load_args(sc, planned.point), connections=connections(planned.point),
-        reference_cmd=reference_cmd)
+        server=servers.get(planned.model), ready_timeout=args.ready_timeout)
 
 
 def _run_dir(out: Path, suite: str) -> Path:
@@ -116,32 +167,46 @@ def _run_dir(out: Path, suite: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     wanted_models, wanted_scenarios = _names(args.models), _names(args.scenarios)
-    unknown = ([m for m in wanted_models if m not in MODELS and m != REFERENCE]
+    try:
+        if args.server_protocol and not args.server:
+            raise ValueError("--server-protocol describes --server entries, and none is given")
+        own = command_servers(args.server, args.server_protocol or "echo")
+    except ValueError as exc:
+        print(f"muxbench bench: {exc}", file=sys.stderr)
+        return 2
+    known = [*MODELS, REFERENCE, *own]
+    unknown = ([m for m in wanted_models if m not in known and m != EVERY]
                + [s for s in wanted_scenarios if s not in SCENARIOS])
     if unknown:
         print(f"muxbench bench: unknown model or scenario: {', '.join(unknown)} "
-              f"(models: {', '.join([*MODELS, REFERENCE])}; scenarios: "
+              f"(models: {', '.join(known)}, or {EVERY}; scenarios: "
               f"{', '.join(SCENARIOS)})", file=sys.stderr)
         return 2
-    models, skipped, reference_cmd = available_models(wanted_models)
+    if own and not wanted_models:
+        models, skipped, servers = [], {}, {}  # the user's servers alone
+    else:
+        models, skipped, servers = available_models(
+            [] if EVERY in wanted_models else wanted_models)
+    servers = {**own, **servers}  # the C reference last, as the limit drawn over the rest
     scenarios = [SCENARIOS[s] for s in (wanted_scenarios or SCENARIOS)]
     repeats = args.repeats or SUITE_SETTINGS[args.suite].repeats
-    planned = plan(args.suite, scenarios, models, repeats)
+    planned = plan(args.suite, scenarios, models, repeats, servers)
     if not planned:
         print("muxbench bench: nothing to run for these models and scenarios", file=sys.stderr)
         return 2
-    specs = [_spec(p, args, reference_cmd) for p in planned]
+    specs = [_spec(p, args, servers) for p in planned]
     if args.dry_run:
         for spec in specs:
             print(describe(spec.scenario, spec.model, spec.point, spec.repeat))
         print(f"{len(specs)} trials")
         return 0
-    meta = {s.name: {**s.metadata(), "models": scenario_models(s, args.suite, models)}
+    meta = {s.name: {**s.metadata(), "models": scenario_models(s, args.suite, models, servers)}
             for s in scenarios}
-    return _execute(args, specs, meta, skipped)
+    return _execute(args, specs, meta, skipped, servers)
 
 
-def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, str]) -> int:
+def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, str],
+             servers: dict[str, CommandServer]) -> int:
     where = placement()
     out = Path(args.out)
     try:
@@ -152,6 +217,8 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
         return 2
     env = environment(where)
     env["skipped_models"] = skipped
+    env["servers"] = {name: {"command": server.command, "protocol": server.protocol}
+                      for name, server in servers.items()}
     env["cpu_accounting"] = _cpu_accounting(args.no_cgroup)
     env["ctx_switch_accounting"] = ("taskstats: one kernel request per process"
                                     if taskstats.shared() else "/proc: one file per thread")
@@ -186,6 +253,8 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
             display.note(f"muxbench bench: {len(specs)} trials -> {path}  ({where.note})")
             for name, reason in skipped.items():
                 display.note(f"muxbench bench: skipping {name}: {reason}")
+            for name, server in servers.items():
+                display.note(f"muxbench bench: {name} ({server.protocol}): {server.command}")
             if env["loadavg_before"][0] > (env["cpus"] or 1):
                 display.note(f"muxbench bench: warning: load average "
                              f"{env['loadavg_before'][0]:.1f} on {env['cpus']} CPUs; other work "

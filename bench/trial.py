@@ -2,7 +2,7 @@
 
 A trial runs in two halves so that the suite can overlap the dead time of
 consecutive trials without ever overlapping what they measure: `begin()` waits
-for the server's ready line and starts the sampler and the load generator (it
+for the server to be ready and starts the sampler and the load generator (it
 may run in a helper thread, while the previous trial drains and stops);
 `finish()` waits for the generator, computes the figures and stops everything.
 The load generator reports on stderr when its load begins (the warm-up, every
@@ -32,7 +32,6 @@ from bench.results import utc_now
 from bench.sampler import TreeSampler
 from bench.verdict import classify, derived
 
-READY_TIMEOUT = 15.0
 # An invalid trial names the other work on the generator's CPUs past this
 # share of them (its resolution is two clock ticks, 20 ms).
 OTHERS_NOTED = 0.1
@@ -60,7 +59,8 @@ class Trial:
         self.client_marks: dict[str, tuple[float, float, float, float]] = {}
         self.rusage = None
         self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
-        self._remember(server.proc.stdout.fileno())
+        if server.proc is not None and server.proc.stdout is not None:
+            self._remember(server.proc.stdout.fileno())
 
     def _remember(self, fd: int) -> None:
         self.own_fds[fd] = procs.identity(fd)
@@ -73,12 +73,10 @@ class Trial:
             self.failure = f"harness error while starting the trial: {exc}"
 
     def _begin(self) -> None:
-        line = procs.read_ready_line(self.server.proc, READY_TIMEOUT)
-        if not line or "listening on " not in line:
-            self.failure = ("server did not start: "
-                            + (procs.tail(self.server.stderr_path) or repr(line)))
+        port, why = self.server.wait_ready(self.spec.ready_timeout)
+        if port is None:
+            self.failure = f"server did not start: {why}"
             return
-        port = int(line.rsplit(":", 1)[1])
         self.sampler = TreeSampler(self.server.proc.pid, self.spec.sample_interval,
                                    self.server.cgroup)
         self.sampler.mark("ready")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -47,3 +48,11 @@ def reference_server_command() -> list[str] | None:
     """argv of the C echo server ("c-epoll"); append --host/--port. None without a compiler."""
     binary = compile_c(HERE / "echo_epoll.c", "echo_epoll")
     return None if binary is None else [str(binary)]
+
+
+def reference_server_template() -> str | None:
+    """The C echo server's command line, to be told where to listen: "{host}" and
+    "{port}" stand for the address (as in `muxbench bench --server`). None without
+    a compiler."""
+    argv = reference_server_command()
+    return None if argv is None else f"{shlex.join(argv)} --host {{host}} --port {{port}}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from bench import results as R
 from bench.cgroup import CGROUP_ROOT, PREFIX
 from bench.console import Display
 from bench.environment import damon_monitors, placement
-from bench.launch import Launched, TrialSpec
+from bench.launch import CommandServer, Launched, TrialSpec
 from bench.procs import group_members
 from bench.runner import OVERLAP_MAX_TASKS, Runner
 from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
@@ -136,9 +137,10 @@ def test_verdicts():
 FAKE_SERVER = textwrap.dedent("""
     import os, signal, socket, sys, time
     mode = sys.argv[1]
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(128)
+    s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[2])))
     if mode == "silent":
         time.sleep(60)
+    s.listen(128)
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.fork() == 0:
@@ -155,17 +157,21 @@ FAKE_SERVER = textwrap.dedent("""
 """)
 
 
-def _spec(model: str = REFERENCE, cmd: list[str] | None = None, clients: int = 20) -> TrialSpec:
+def _spec(model: str = REFERENCE, cmd: list[str] | None = None, clients: int = 20,
+          ready_timeout: float = 15.0) -> TrialSpec:
+    server = None if cmd is None else CommandServer(model, f"{shlex.join(cmd)} {{port}}")
     return TrialSpec("idle", "idle", model, "echo", {"clients": clients}, 0, duration=0.5,
                      warmup=0.1, sample_interval=0.05,
                      load_args=["--workload", "idle", "--clients", str(clients)],
-                     connections=clients, reference_cmd=cmd)
+                     connections=clients, server=server, ready_timeout=ready_timeout)
 
 
-def _trial_with(cmd: list[str] | None, model: str = REFERENCE) -> tuple[dict, int]:
+def _trial_with(cmd: list[str] | None, model: str = REFERENCE,
+                ready_timeout: float = 15.0) -> tuple[dict, int]:
     where = placement()
-    server = Launched.start(_spec(model, cmd), where, use_cgroup=True)
-    trial = run_trial(_spec(model, cmd), where, server)
+    spec = _spec(model, cmd, ready_timeout=ready_timeout)
+    server = Launched.start(spec, where, use_cgroup=True)
+    trial = run_trial(spec, where, server)
     return trial, server.proc.pid
 
 
@@ -274,9 +280,8 @@ def test_server_ignoring_sigterm_is_killed_and_recorded():
     _assert_all_gone(pid)
 
 
-def test_server_that_never_gets_ready(monkeypatch):
-    monkeypatch.setattr("bench.trial.READY_TIMEOUT", 1.0)
-    trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "silent"])
+def test_server_that_never_gets_ready():
+    trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "silent"], ready_timeout=1.0)
     assert trial["status"] == "failed" and trial["reason"].startswith("server did not start")
     assert trial["load"] is None
     _assert_all_gone(pid)
@@ -344,14 +349,15 @@ def _state(pid: int) -> str:
 def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
     data = R.load_results(quick_run)
     assert data["status"] == "complete"
-    available, _, _ = available_models([])
+    available, _, servers = available_models([])
     assert set(data["scenarios"]) == set(SCENARIOS)
-    planned = plan("quick", list(SCENARIOS.values()), available, 1)
+    planned = plan("quick", list(SCENARIOS.values()), available, 1, servers)
     assert len(data["trials"]) == len(planned)
     for name, scenario in SCENARIOS.items():
+        models = scenario_models(scenario, "quick", available, servers)
         ran = {t["model"] for t in data["trials"] if t["scenario"] == name}
-        assert ran == set(scenario_models(scenario, "quick", available)), name
-        assert data["scenarios"][name]["models"] == scenario_models(scenario, "quick", available)
+        assert ran == set(models), name
+        assert data["scenarios"][name]["models"] == models
     for trial in data["trials"]:
         if trial["status"] != "ok":
             assert trial["reason"], trial
