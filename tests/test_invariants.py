@@ -107,6 +107,21 @@ def test_fd_ceiling_catches(healthy, model, edit, words):
     assert found and all(model in line and words in line for line in found)
 
 
+@pytest.mark.parametrize("status, reason", [
+    ("failed", "server exited with status -9 during the trial"),
+    ("failed", "load generator exited with status 1 and no results: boom"),
+    ("ok", None),
+])
+def test_fd_ceiling_counts_only_a_trial_turned_away_at_the_ceiling(healthy, status, reason):
+    """A select trial that failed for another reason holds fewer fds too: not the ceiling."""
+    broken = _edit(healthy, "idle", "select", lambda t: t.update(status=status, reason=reason),
+                   x=1100)
+    found = invariants.check_fd_ceiling(broken)
+    assert len(found) == 5 and all("select" in line and "refused fds >= 1024" in line
+                                   and f"status {status} ({reason or 'no reason'})" in line
+                                   for line in found), found
+
+
 def test_fd_ceiling_needs_the_1100_client_point(healthy):
     found = invariants.check_fd_ceiling(_drop(healthy, "idle", "poll"))
     assert found == ["idle clients=1100: no poll trial"]
