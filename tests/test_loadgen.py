@@ -21,7 +21,7 @@ from loadgen.integrity import (
 )
 from loadgen.worker import Phases
 from tests.faulty_servers import at, echo, faulty_server, flipping
-from tests.support import FAST, assert_clean_exit, problem_lines, run_load
+from tests.support import FAST, LoadRun, assert_clean_exit, problem_lines, run_load
 
 SIZE = 64
 
@@ -32,6 +32,13 @@ def counts(out: dict) -> dict:
 
 def assert_identity(out: dict) -> None:
     assert out["sent"] == out["received"] + out["corrupted"] + out["lost"], out
+
+
+def assert_integrity_failure(run: LoadRun, found: str) -> None:
+    """A run that saw a damaged stream exits 1 and says what it saw, in one line."""
+    assert run.status == 1, run.stderr
+    [line] = problem_lines(run)
+    assert f"integrity: {found}" in line, line
 
 
 def test_clean_server_exact_counts() -> None:
@@ -58,8 +65,7 @@ def test_dropped_message_is_exactly_one_lost(depth: str, unanswered: int) -> Non
     if unanswered:
         assert out["errors_by_kind"] == {"no reply by drain end": 1}
     assert_identity(out)
-    assert run.status == 1
-    assert "integrity: lost 1" in run.stderr
+    assert_integrity_failure(run, "lost 1")
 
 
 @pytest.mark.parametrize("position", [2, 40])  # in the sequence number; in the body
@@ -69,7 +75,7 @@ def test_flipped_byte_is_exactly_one_corrupted(position: int) -> None:
     out = run.out
     assert counts(out) == dict(lost=0, corrupted=1, duplicated=0, reordered=0, errors=0)
     assert_identity(out)
-    assert run.status == 1
+    assert_integrity_failure(run, "corrupted 1")
 
 
 def test_repeated_message_is_exactly_one_duplicate() -> None:
@@ -79,6 +85,7 @@ def test_repeated_message_is_exactly_one_duplicate() -> None:
     out = run.out
     assert counts(out) == dict(lost=0, corrupted=0, duplicated=1, reordered=0, errors=0)
     assert out["sent"] == out["received"]
+    assert_integrity_failure(run, "duplicated 1")
 
 
 def test_swapped_messages_are_exactly_one_reordered() -> None:
@@ -98,6 +105,7 @@ def test_swapped_messages_are_exactly_one_reordered() -> None:
     out = run.out
     assert counts(out) == dict(lost=0, corrupted=0, duplicated=0, reordered=1, errors=0)
     assert out["sent"] == out["received"]
+    assert_integrity_failure(run, "reordered 1")
 
 
 def test_open_loop_stall_shows_in_response_time_not_service_time() -> None:
