@@ -1,0 +1,271 @@
+"""`muxbench regress`: both sides measured here, interleaved; only stable metrics gate.
+
+The bench runs are faked (regress takes its runner as an argument) so these
+take seconds; the git worktrees and the one real process start are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bench import regress
+from bench.cli import main
+from bench.results import ResultsError, load_results, resolve_run
+from tests import fake_results as fake
+from tests.support import ROOT
+
+CPU = "derived.cpu_per_msg_us"
+P99 = "derived.p99_us"
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                           text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository of its own with two commits."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    _git(path, "init", "--quiet")
+    for n in (1, 2):
+        (path / "file.txt").write_text(f"version {n}\n")
+        _git(path, "add", "file.txt")
+        _git(path, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit",
+             "--quiet", "-m", f"version {n}")
+    return path
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """tempfile's directory, private to the test, to see what is left in it."""
+    path = tmp_path / "tmp"
+    path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
+
+
+def _worktrees(repo: Path) -> list[str]:
+    return [line for line in _git(repo, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")]
+
+
+class FakeRunner:
+    """Stands in for `muxbench bench`: writes a one-repeat run, as that tree's commit."""
+
+    def __init__(self, runs: dict[Path, list[dict]] | None = None,
+                 fail_at: int | None = None) -> None:
+        self.runs = runs or {}
+        self.calls: list[Path] = []
+        self.fail_at = fail_at
+
+    def __call__(self, tree: Path, out: Path, argv: list[str]) -> Path:
+        self.calls.append(tree)
+        assert tree.is_dir() and "--scenarios" in argv
+        if len(self.calls) == self.fail_at:
+            raise ResultsError("`muxbench bench` wrote no new run")
+        queued = self.runs.get(tree)
+        results = queued.pop(0) if queued else fake.healthy_run(repeats=1,
+                                                                seed=len(self.calls))
+        results["environment"]["git_commit"] = _git(tree, "rev-parse", "HEAD")
+        return fake.write(results, out / f"run{len(self.calls)}")
+
+
+def _args(tmp_path: Path, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    regress.configure(parser)
+    return parser.parse_args(["--out", str(tmp_path / "out"), "--json", *argv])
+
+
+# -- merging each side's runs ----------------------------------------------------------
+
+def test_merge_makes_run_i_repeat_i():
+    runs = [fake.healthy_run(repeats=1, seed=s) for s in (1, 2, 3)]
+    merged = regress.merge(runs, "x-head")
+    assert merged["run_id"] == "x-head" and merged["status"] == "complete"
+    assert len(merged["trials"]) == sum(len(r["trials"]) for r in runs)
+    for repeat, run in enumerate(runs):
+        mine = [t for t in merged["trials"] if t["repeat"] == repeat]
+        assert [t["derived"] for t in mine] == [t["derived"] for t in run["trials"]]
+    assert all(t["repeat"] == 0 for r in runs for t in r["trials"])  # inputs untouched
+
+
+def test_merge_of_an_interrupted_run_is_not_complete():
+    runs = [fake.healthy_run(repeats=1), fake.healthy_run(repeats=1)]
+    runs[1]["status"] = "interrupted"
+    assert regress.merge(runs, "x")["status"] == "interrupted"
+
+
+def test_sides_alternate_and_repeat_i_of_each_side_ran_together(tmp_path, repo, private_tmp):
+    runner = FakeRunner()
+    assert regress.regress(_args(tmp_path, "--repeats", "4"), runner, repo) == 0
+    base, head = runner.calls[0], repo
+    assert base != head and not base.exists()  # the worktree is gone again
+    assert runner.calls == [base, head, head, base, base, head, head, base]
+    out = tmp_path / "out"
+    merged = {side: load_results(next(out.glob(f"*-{side}"))) for side in ("base", "head")}
+    assert resolve_run(None, out).name.endswith("-head")
+    for results in merged.values():
+        assert sorted({t["repeat"] for t in results["trials"]}) == [0, 1, 2, 3]
+    assert list(private_tmp.iterdir()) == [] and len(_worktrees(repo)) == 1
+
+
+# -- what fails the gate -----------------------------------------------------------------
+
+@pytest.fixture
+def gated_echo_cpu(monkeypatch):
+    """The fake runs' echo_clients CPU/msg gated, every other metric informational."""
+    monkeypatch.setattr(regress, "GATED", frozenset({("echo_clients", "cpu_per_msg_us")}))
+
+
+def _judge(tmp_path, repo, head_runs: list[dict], capsys) -> tuple[int, dict]:
+    runner = FakeRunner({repo: head_runs})
+    status = regress.regress(_args(tmp_path, "--repeats", "5"), runner, repo)
+    return status, json.loads(capsys.readouterr().out)
+
+
+def _slower(path: str, factor: float) -> list[dict]:
+    return [fake.scale(fake.healthy_run(repeats=1, seed=100 + i), "thread", path, factor,
+                       scenario="echo_clients") for i in range(5)]
+
+
+def test_a_gated_metric_three_times_worse_fails(tmp_path, repo, capsys, gated_echo_cpu):
+    status, report = _judge(tmp_path, repo, _slower(CPU, 3.0), capsys)
+    assert status == 1 and report["exit_status"] == 1
+    worse = [(c["scenario"], c["model"], c["metric"]) for c in report["cells"]
+             if c["verdict"] == "regression"]
+    assert worse == [("echo_clients", "thread", "cpu_per_msg_us")]
+
+
+def test_an_informational_metric_three_times_worse_passes_and_says_so(tmp_path, repo, capsys,
+                                                                       gated_echo_cpu):
+    status, report = _judge(tmp_path, repo, _slower(P99, 3.0), capsys)
+    assert status == 0 and report["exit_status"] == 0
+    cell = next(c for c in report["cells"] if c["model"] == "thread" and c["metric"] == "p99_us"
+                and c["scenario"] == "echo_clients")
+    assert cell["ratio"] > 2.5 and "not gated" in cell["note"]
+    assert not any(c["verdict"] == "regression" for c in report["cells"])
+
+
+def test_a_stored_baseline_is_judged_without_a_worktree(tmp_path, repo, capsys,
+                                                        gated_echo_cpu, private_tmp):
+    baseline = fake.write(fake.healthy_run(seed=1), tmp_path / "baseline")
+    runner = FakeRunner({repo: _slower(CPU, 3.0)})
+    status = regress.regress(_args(tmp_path, "--baseline", str(baseline)), runner, repo)
+    assert status == 1 and runner.calls == [repo] * 5
+    assert list(private_tmp.iterdir()) == []
+    capsys.readouterr()
+
+
+# -- the worktree of the base: made, and removed whatever happens --------------------------
+
+def test_worktree_checks_out_the_ref_and_removes_it(repo, private_tmp):
+    with regress.worktree(repo, "HEAD~1") as tree:
+        assert (tree / "file.txt").read_text() == "version 1\n"
+        assert len(_worktrees(repo)) == 2
+    assert not tree.exists() and list(private_tmp.iterdir()) == []
+    assert len(_worktrees(repo)) == 1
+
+
+def test_an_error_inside_leaves_no_worktree_behind(repo, private_tmp):
+    with pytest.raises(RuntimeError), regress.worktree(repo, "HEAD") as tree:
+        raise RuntimeError("the run broke")
+    assert not tree.exists() and list(private_tmp.iterdir()) == []
+    assert len(_worktrees(repo)) == 1
+
+
+def test_a_failing_bench_run_exits_2_and_leaves_nothing(tmp_path, repo, private_tmp, capsys):
+    runner = FakeRunner(fail_at=3)
+    assert regress.regress(_args(tmp_path), runner, repo) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "muxbench regress: `muxbench bench` wrote no new run"
+    assert list(private_tmp.iterdir()) == [] and len(_worktrees(repo)) == 1
+
+
+def test_an_unknown_ref_exits_2_with_one_line(tmp_path, capsys, private_tmp):
+    status = main(["regress", "--base", "no-such-ref", "--out", str(tmp_path / "out")])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"muxbench regress: --base no-such-ref: no such commit in {ROOT}"]
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_run_reporting_another_commit_is_refused(tmp_path, repo, capsys):
+    def other_code(tree: Path, out: Path, argv: list[str]) -> Path:
+        results = fake.healthy_run(repeats=1)
+        results["environment"]["git_commit"] = "0" * 40
+        return fake.write(results, out / "run")
+
+    assert regress.regress(_args(tmp_path), other_code, repo) == 2
+    assert "did not run that tree's code" in capsys.readouterr().err
+
+
+# -- the real runner: a fresh process whose code is the tree's ----------------------------
+
+FAKE_CLI = '''\
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
+run = out / "run1"
+run.mkdir(parents=True)
+(run / "results.json").write_text(json.dumps({"cli": __file__, "argv": sys.argv[1:]}))
+(out / "latest").symlink_to("run1")
+'''
+
+
+def test_bench_run_imports_the_trees_code_not_the_installed_one(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "cli.py").write_text(FAKE_CLI)
+    run = regress.bench_run(tree, tmp_path / "out", ["--suite", "quick"])
+    written = json.loads((run / "results.json").read_text())
+    assert Path(written["cli"]).resolve() == (tree / "bench" / "cli.py").resolve()
+    assert written["argv"][:3] == ["bench", "--suite", "quick"]
+
+
+def test_bench_run_that_writes_nothing_is_an_error(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "cli.py").write_text("raise SystemExit(1)\n")
+    with pytest.raises(ResultsError, match="exit status 1"):
+        regress.bench_run(tree, tmp_path / "out", [])
+
+
+# -- the CI workflow ---------------------------------------------------------------------
+
+WORKFLOW = ROOT / ".github" / "workflows" / "muxbench.yml"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("yaml") is None,
+                    reason="pyyaml is not installed: the workflow's YAML is not checked")
+def test_the_workflow_is_one_a_runner_accepts():
+    import yaml
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    # YAML 1.1 reads a bare `on` as True; GitHub reads it as the key "on".
+    triggers = workflow.get("on", workflow.get(True))
+    assert "pull_request" in triggers
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    assert all(job.get("runs-on") for job in workflow["jobs"].values())
+    assert all(("uses" in s) != ("run" in s) for s in steps)
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "make test" in runs and "make regress BASE=" in runs
+    assert any(s.get("uses", "").startswith("actions/upload-artifact@v4") for s in steps)
+    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0
+
+
+def test_python_m_bench_regress_still_answers():
+    out = subprocess.run([sys.executable, "-m", "bench.regress", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--base REF" in out.stdout and "Exit status" in out.stdout
