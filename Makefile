@@ -46,9 +46,13 @@ bench-quick: install
 report: install
 	$(BIN)/muxbench report
 
-# Regression gate: quick suite with repeats, compared against results/baseline/.
+# Regression gate: the working tree against the git revision BASE, both measured here,
+# their runs interleaved (docs/gate.md).  HEAD judges uncommitted edits, and on a fresh
+# clone unchanged code; CI passes BASE=<the PR's base sha>.  REGRESS_ARGS adds options,
+# e.g. REGRESS_ARGS='--junit results/regress/junit.xml'.
+BASE ?= HEAD
 regress: install
-	$(BIN)/python -m bench.regress
+	$(BIN)/muxbench regress --base $(BASE) $(REGRESS_ARGS)
 
 # Hot-path micro-benchmarks for real (in `make test` they only run once, as smoke).
 microbench: install
