@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import load_results, resolve_run
-from tests.support import MUXBENCH, ROOT
+from tests.support import MUXBENCH, ROOT, spawn
 
 # ---- quick_run: one real quick-suite run per test session ---------------------------
 QUICK_RUN_TIMEOUT = 600.0  # the suite is designed for 2 min; a loaded machine is slower
@@ -23,9 +23,8 @@ def run_bench(out: Path, *args: str, timeout: float = QUICK_RUN_TIMEOUT) -> tupl
     load generators (they live in their own sessions, out of reach of a group
     kill of the orchestrator) before it is killed itself.
     """
-    proc = subprocess.Popen([*MUXBENCH, "bench", "--out", str(out), *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = spawn([*MUXBENCH, "bench", "--out", str(out), *args], cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servers.models import MODELS
 
@@ -56,12 +57,28 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+def spawn(argv: list[str], preexec_fn: Callable[[], object] | None = None,
+          **popen: Any) -> subprocess.Popen:
+    """Start a child in a session of its own, with SIGINT at its default action.
+
+    A shell starts a background job, or a command under `nohup`, with SIGINT
+    ignored; the child inherits that across exec, and Python, finding SIGINT
+    ignored at start-up, installs no KeyboardInterrupt handler.  A test of what
+    Ctrl-C does must not depend on how the test run itself was started.
+    """
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **popen)
+
+
 @contextlib.contextmanager
-def piped(argv: list[str], **popen: object) -> Iterator[subprocess.Popen]:
+def piped(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
     """A child with its stdin and stdout piped to us, in its own process group;
     the group killed and the pipes closed on exit."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            start_new_session=True, **popen)
+    proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen)
     try:
         yield proc
     finally:
@@ -86,10 +103,8 @@ def listening(argv: list[str], preexec_fn=None,
                                      delete=False) as err:
         stderr_path = Path(err.name)
     with open(stderr_path, "wb") as err_file:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
-            start_new_session=True, preexec_fn=preexec_fn,
-        )
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+                     preexec_fn=preexec_fn)
     try:
         line = read_line(proc, ready_timeout)
         if "listening on " not in line:
@@ -176,8 +191,7 @@ class LoadRun:
 def run_load(port: int, *args: str, timeout: float = 60.0, json_out: bool = True) -> LoadRun:
     """Run `muxbench load` against 127.0.0.1:port; parse its JSON when asked for."""
     argv = [*MUXBENCH, "load", "--port", str(port), *args] + (["--json"] if json_out else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, start_new_session=True)
+    proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:

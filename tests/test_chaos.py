@@ -25,16 +25,15 @@ from bench.cgroup import CGROUP_ROOT, PREFIX
 from bench.cli import main
 from bench.results import load_results, write_results_atomic
 from tests import fake_results as fake
-from tests.support import MUXBENCH, ROOT, process_tree, wait_for
+from tests.support import MUXBENCH, ROOT, process_tree, spawn, wait_for
 
 RUN_TIMEOUT = 180.0  # a bound for every harness run below; the machine is shared
 
 
 def start_bench(out: Path, models: str, scale: str) -> subprocess.Popen:
-    return subprocess.Popen([*MUXBENCH, "bench", "--suite", "quick", "--scenarios", "idle",
-                             "--models", models, "--duration-scale", scale, "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return spawn([*MUXBENCH, "bench", "--suite", "quick", "--scenarios", "idle",
+                  "--models", models, "--duration-scale", scale, "--out", str(out)],
+                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, seen: set[int]) -> tuple[int, str]:

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MUXBENCH, ROOT, kill_group, recv_until_closed, serve, wait_for
+from tests.support import (
+    MUXBENCH,
+    ROOT,
+    kill_group,
+    recv_until_closed,
+    serve,
+    spawn,
+    wait_for,
+)
 
 TIMEOUT = 10.0  # generous: only a hang should ever reach it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -58,11 +66,9 @@ class PtyClient:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))
         env = {**os.environ, "TERM": "xterm", "INPUTRC": "/dev/null"}
         try:
-            self.proc = subprocess.Popen(
-                [*MUXBENCH, "chat", "--port", str(port), "--name", name],
-                stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env=env,
-                start_new_session=True, preexec_fn=_take_terminal,
-            )
+            self.proc = spawn([*MUXBENCH, "chat", "--port", str(port), "--name", name],
+                              stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT,
+                              env=env, preexec_fn=_take_terminal)
         except BaseException:
             os.close(master)
             raise
@@ -140,9 +146,8 @@ def pty_clients(port: int, *names: str) -> Iterator[list[PtyClient]]:
 
 def run_chat(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
     """`muxbench chat ARGS` with piped stdin, stdout and stderr."""
-    proc = subprocess.Popen([*MUXBENCH, "chat", *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=ROOT, start_new_session=True)
+    proc = spawn([*MUXBENCH, "chat", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, cwd=ROOT)
     try:
         out, err = proc.communicate(stdin, timeout=TIMEOUT * 2)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -31,7 +31,7 @@ from bench.suite import available_models
 from bench.trial import others_note, run_trial
 from bench.verdict import classify
 from tests import fake_results
-from tests.support import MUXBENCH, ROOT, kill_group, process_tree, wait_for
+from tests.support import MUXBENCH, ROOT, kill_group, process_tree, spawn, wait_for
 
 # ---- results.json --------------------------------------------------------------------
 
@@ -292,10 +292,9 @@ def test_server_that_never_gets_ready():
 
 
 def test_ctrl_c_keeps_completed_trials_and_leaves_nothing(tmp_path):
-    proc = subprocess.Popen([*MUXBENCH, "bench", "--suite", "quick", "--models", "epoll,select",
-                             "--scenarios", "echo_clients,idle", "--out", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = spawn([*MUXBENCH, "bench", "--suite", "quick", "--models", "epoll,select",
+                  "--scenarios", "echo_clients,idle", "--out", str(tmp_path)],
+                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
     try:
         latest = tmp_path / "latest" / "results.json"

@@ -28,6 +28,7 @@ from tests.support import (
     process_tree,
     run_load,
     serve,
+    spawn,
     wait_for,
 )
 
@@ -242,9 +243,8 @@ def test_bad_usage_exit_2_one_line(args: list[str], needle: str) -> None:
 
 
 def start_load(port: int, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([*MUXBENCH, "load", "--port", str(port), "--json", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)
+    return spawn([*MUXBENCH, "load", "--port", str(port), "--json", *args],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

@@ -24,7 +24,7 @@ import pytest
 from benchmarks.common import median_interval, spread
 from servers.reference import reference_server_command
 from tests.faulty_servers import FaultyServer, at, echo, flipping
-from tests.support import ROOT, kill_group, listening, process_tree, recv_exactly
+from tests.support import ROOT, kill_group, listening, process_tree, recv_exactly, spawn
 
 FLOOR = ROOT / "benchmarks" / "floor"
 FLOOR_SERVER = [sys.executable, str(FLOOR / "echo_server.py"), "--port", "0"]
@@ -136,11 +136,10 @@ def _running(pid: int) -> bool:
     ("loadgen_rate.py", b"floor/echo_client.py"),
 ])
 def test_ctrl_c_ends_a_speed_script_in_one_line_and_leaves_nothing(script, starting):
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, str(ROOT / "benchmarks" / script), "--pairs", "20", "--duration", "0.3",
          "--conns", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 60
