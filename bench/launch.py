@@ -229,6 +229,13 @@ class Launched:
             return {"graceful": True, "exit_status": None, "leftover_procs": 0, "killed": 0,
                     "remaining_after_kill": 0}
         record = procs.stop_group(self.proc, STOP_GRACE)
+        if record["remaining_after_kill"]:
+            # SIGKILL takes a process when it next runs, which on a busy server CPU
+            # may be a moment after the count: what survives is what is left after it.
+            deadline = time.monotonic() + 1.0
+            while (left := procs.group_members(self.proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            record["remaining_after_kill"] = len(left)
         if self.cgroup is not None:
             # Whatever left the process group (setsid) is still in the cgroup.
             escaped = self.cgroup.wait_empty(0.5)
