@@ -244,37 +244,64 @@ def _trial0(key: str, value):
     return lambda d: d["trials"][0].__setitem__(key, value)
 
 
+# What the reader must say of each wrong-typed field: a value of the wrong type is
+# damage, never "not recorded", so each is refused naming the field.
 CORRUPTIONS = {
-    "trial model is null": _trial0("model", None),
-    "trial protocol is an object": _trial0("protocol", {}),
-    "trial scenario is a list": _trial0("scenario", []),
-    "trial point is a number": _trial0("point", 1e308),
-    "scenario entry is a string": lambda d: d["scenarios"].__setitem__("idle", "x"),
-    "server cpu_util is Infinity": lambda d: d["trials"][0]["server"].__setitem__(
-        "cpu_util", float("inf")),
-    "trials is an object": lambda d: d.__setitem__("trials", {}),
-    "environment is a list": lambda d: d.__setitem__("environment", []),
-    "trial load is a list": _trial0("load", []),
-    "client window is a string": _trial0("client", {"window": "x"}),
-    "client window figures are not numbers": _trial0(
-        "client", {"window": {"other_s": "x", "steal_s": []}}),
+    "trial model is null": (_trial0("model", None), "trial 0: 'model' must be str"),
+    "trial protocol is an object": (_trial0("protocol", {}), "trial 0: 'protocol' must be str"),
+    "trial scenario is a list": (_trial0("scenario", []), "trial 0: 'scenario' must be str"),
+    "trial point is a number": (_trial0("point", 1e308), "trial 0: 'point' must be dict"),
+    "scenario entry is a string": (lambda d: d["scenarios"].__setitem__("idle", "x"),
+                                   "scenario 'idle' must be an object"),
+    "server cpu_util is Infinity": (lambda d: d["trials"][0]["server"].__setitem__(
+        "cpu_util", float("inf")), "not valid JSON: Infinity is not a number"),
+    "trials is an object": (lambda d: d.__setitem__("trials", {}), "'trials' must be a list"),
+    "environment is a list": (lambda d: d.__setitem__("environment", []),
+                              "'environment' must be an object"),
+    "trial load is a list": (_trial0("load", []), "trial 0: 'load' must be dict or null"),
+    "client window is a string": (_trial0("client", {"window": "x"}), "'window' must be"),
+    "client window figures are not numbers": (_trial0(
+        "client", {"window": {"other_s": "x", "steal_s": []}}), "'other_s' must be"),
 }
-CASES = [(name, what) for what in CORRUPTIONS for name in COMMANDS]
+# bench/results.py checks a trial's own fields but nothing inside `client`.
+UNCHECKED = pytest.mark.xfail(strict=True, reason="bench/results.py reads client.window "
+                              "unchecked: a damaged window shows as 'not recorded'")
+CASES = [pytest.param(name, what, marks=[UNCHECKED] if what.startswith("client") else [])
+         for what in CORRUPTIONS for name in COMMANDS]
 
 
 @pytest.mark.parametrize(("name", "what"), CASES)
-def test_type_corrupted_results_exit_cleanly(tmp_path, name, what):
-    """A well-formed file with a wrong-typed field: a one-line refusal (exit 2) or a
-    normal run, never a traceback."""
+def test_type_corrupted_results_are_refused_in_one_line(tmp_path, name, what):
+    """A well-formed file with a wrong-typed field: exit 2 and one line naming the field."""
     base = fake.healthy_run(repeats=2)
     good = fake.write(base, tmp_path / "good")
     bad = json.loads(json.dumps(base))
-    CORRUPTIONS[what](bad)
+    corrupt, says = CORRUPTIONS[what]
+    corrupt(bad)
     fake.write(bad, tmp_path / "bad")
     status, err = run_command(name, tmp_path / "bad", good)
-    assert status in (0, 1, 2), status
-    if status == 2:
-        assert err.startswith(f"muxbench {name}: ") and len(err.strip().splitlines()) == 1
+    assert (status, len(err.strip().splitlines())) == (2, 1), err
+    assert err.startswith(f"muxbench {name}: ") and says in err, err
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_fields_this_version_does_not_know_are_read_past(tmp_path, name):
+    """A newer writer's extra keys, in the run and in a trial, change nothing read."""
+    base = fake.healthy_run(repeats=2)
+    good = fake.write(base, tmp_path / "good")
+    extended = json.loads(json.dumps(base))
+    extended["provenance"] = {"ci": "x"}
+    for trial in extended["trials"]:
+        trial["annotations"] = ["x"]
+    fake.write(extended, tmp_path / "bad")
+    assert run_command(name, tmp_path / "bad", good) == (0, "")
+    if name == "report":
+        assert (tmp_path / "bad" / "REPORT.md").read_text() == _report_of(good)
+
+
+def _report_of(run_dir: Path) -> str:
+    assert run_command("report", run_dir, run_dir) == (0, "")
+    return (run_dir / "REPORT.md").read_text()
 
 
 def _paths(obj, prefix: tuple = ()):
