@@ -30,14 +30,22 @@ COLOURS: dict[str, str] = {
     REFERENCE: "#000000",
 }
 MODEL_ORDER = list(COLOURS)
+# For a model of no fixed colour (a server given with `muxbench bench --server`):
+# never one of the built-in models' colours, which are all ten of matplotlib's defaults.
+OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e6550d", "#31a354",
+                 "#3182bd", "#756bb1", "#636363")
 
 
 def colour(model: str) -> str:
-    # A model this module does not know yet still gets a stable colour.
-    return COLOURS.get(model, f"C{sum(map(ord, model)) % 10}")
+    # The same name gets the same colour in every plot and every run.
+    return COLOURS.get(model) or OTHER_COLOURS[sum(map(ord, model)) % len(OTHER_COLOURS)]
 
 
 def model_sort_key(model: str) -> tuple[int, str]:
+    """Catalogue order; any other model (a --server) after the built-in ones, by name,
+    and the C reference last, as the limit they are all read against."""
+    if model == REFERENCE:
+        return (len(MODEL_ORDER) + 1, "")
     return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
 
 

@@ -168,6 +168,7 @@ def environment_table(run: Run) -> Table:
         ("git commit", env.get("git_commit")),
         ("somaxconn / RLIMIT_NOFILE", f"{env.get('somaxconn')} / {env.get('rlimit_nofile')}"),
         ("placement", _placement(place)),
+        ("servers run from a command line", _servers(env.get("servers"))),
         ("load average before / after", f"{_loadavg(env.get('loadavg_before'))} / "
                                          f"{_loadavg(env.get('loadavg_after'))}"),
         ("other work on the load generator's CPUs", _worst_windows(res["trials"], "other_s")),
@@ -193,6 +194,14 @@ def _worst_windows(trials: list[dict], key: str) -> str | None:
     point = ", ".join(f"{k} {v}" for k, v in trial["point"].items())
     return (f"median {median:.3f} s, max {worst:.3f} s a window "
             f"({trial['scenario']}, {trial['model']}, {point}; {len(windows)} windows)")
+
+
+def _servers(servers: dict | None) -> str | None:
+    """Each command server (the C reference, --server entries) as it was started."""
+    if servers is None:
+        return None
+    return "; ".join(f"{name} ({server['protocol']}): {server['command']}"
+                     for name, server in servers.items()) or "none"
 
 
 def _loadavg(values: list | None) -> str:

@@ -18,9 +18,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from matplotlib.colors import to_hex
 
 from bench import results as R
 from bench.environment import placement
+from bench.measures import COLOURS, colour, model_sort_key
 from bench.procs import group_members
 from bench.scenarios import REFERENCE, SCENARIOS
 from servers.reference import reference_server_command
@@ -172,6 +174,24 @@ def test_a_script_server_is_measured_beside_a_built_in_model(tmp_path):
         if where.pinned:
             assert server["cpus"] == where.server_cpus
         assert group_members(server["pgid"]) == []
+    # The report shows it as a model, and says how it was started.
+    report = subprocess.run([*MUXBENCH, "report", str(tmp_path / "out" / "latest"), "-q",
+                             "--plots", str(tmp_path / "plots")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "out" / "latest" / "REPORT.md").read_text()
+    assert f"| servers run from a command line | mine (echo): {command} |" in text
+    assert text.count("\n| mine | ") >= 2  # a row in each scenario's table, like epoll's
+    assert text.count("\n| mine | ") == text.count("\n| epoll | ")
+
+
+def test_a_command_server_is_drawn_in_a_colour_of_its_own():
+    built_in = {to_hex(c) for c in COLOURS.values()}
+    names = ["mine", "socat", "nginx", "my-server", "a", "b", "c", "d", "e", "f", "g", "h"]
+    assert {to_hex(colour(name)) for name in names}.isdisjoint(built_in)
+    assert colour("mine") == colour("mine")
+    order = sorted(["mine", REFERENCE, "epoll", "aaa", "select"], key=model_sort_key)
+    assert order == ["select", "epoll", "aaa", "mine", REFERENCE]  # the C limit last
 
 
 @pytest.mark.skipif(shutil.which("socat") is None,
