@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
 
 from bench.cli import main
 from bench.measures import Run, fmt
@@ -28,8 +30,42 @@ from tests.report_markdown import (
 from tests.support import MUXBENCH, ROOT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What a table cell may add below its figures: repeats that did not count, a ceiling.
+CELL_NOTE = re.compile(r"\(\+\d+ (failed|invalid)(, \d+ invalid)?\)|\((ceiling|see note)\)")
 PLOTS = ["cpu_vs_clients", "idle_cpu", "memory_pss", "echo_clients", "echo_size", "open_loop",
          "chat_fanout", "sparse", "churn", "polling_interval"]
+
+# Each plot's scenario and, panel by panel, the figure it draws per model against x
+# (stated here, independently of bench/plots.py).
+PLOTTED = {
+    "cpu_vs_clients": ("cpu_vs_clients", ["server.cpu_util"]),
+    "idle_cpu": ("idle", ["server.cpu_util"]),
+    "memory_pss": ("idle", ["server.pss_peak_bytes"]),
+    "echo_clients": ("echo_clients", ["load.throughput_msgs_s", "load.latency_us.p99"]),
+    "echo_size": ("echo_size", ["load.throughput_msgs_s", "derived.cpu_per_msg_us"]),
+    "open_loop": ("open_loop", ["load.latency_us.p99", "load.service_time_us.p99"]),
+    "chat_fanout": ("chat_fanout", ["load.latency_us.p99", "server.cpu_util"]),
+    "sparse": ("sparse", ["derived.cpu_per_msg_us"]),
+    "churn": ("churn", ["load.connections_per_s"]),
+}
+
+Series = dict[str, tuple[list[float], list[float]]]  # legend label -> (x, y)
+
+
+def series(fig) -> list[Series]:
+    """Per panel, each model's line as drawn: a median line with its bars, or an empty
+    line that only puts the model in the legend."""
+    panels = []
+    for ax in fig.axes:
+        drawn = {c.get_label(): c.lines[0] for c in ax.containers
+                 if isinstance(c, ErrorbarContainer)}
+        drawn.update((line.get_label(), line) for line in ax.get_lines()
+                     if not line.get_label().startswith("_") and not len(line.get_xdata()))
+        panels.append({label: ([float(v) for v in line.get_xdata()],
+                               [float(v) for v in line.get_ydata()])
+                       for label, line in drawn.items()})
+    return panels
+
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict:
@@ -37,9 +73,18 @@ def rendered(tmp_path_factory) -> dict:
     run_dir = base / "20261129T161500Z-quick"
     run_dir.mkdir()
     (run_dir / "results.json").write_text(FIXTURE.read_text())
-    status = main(["report", str(run_dir), "--plots", str(base / "plots"), "-q"])
+    figures: dict[str, list[Series]] = {}
+    save = Figure.savefig
+
+    def recording(fig, fname, *args, **kwargs):
+        figures[Path(fname).stem] = series(fig)  # what the PNG shows, read before it is drawn
+        return save(fig, fname, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Figure, "savefig", recording)
+        status = main(["report", str(run_dir), "--plots", str(base / "plots"), "-q"])
     markdown = (run_dir / "REPORT.md").read_text()
-    return {"status": status, "run_dir": run_dir, "plots": base / "plots",
+    return {"status": status, "run_dir": run_dir, "plots": base / "plots", "figures": figures,
             "markdown": markdown, "tables": parse_tables(markdown)}
 
 
@@ -55,6 +100,54 @@ def test_report_exits_zero_and_writes_every_plot_as_png(rendered):
             data = (where / f"{name}.png").read_bytes()
             assert data.startswith(PNG_SIGNATURE), name
             assert len(data) > 20_000, f"{name}.png is suspiciously small"
+
+
+@pytest.mark.parametrize("name", sorted(PLOTTED))
+def test_each_plot_draws_every_model_at_every_measured_point(rendered, name):
+    """One line per model of the scenario, through the medians of its ok repeats at
+    exactly the points where it has one; a model with none is still in the legend."""
+    results = fixture()
+    scenario, paths = PLOTTED[name]
+    models = {t["model"] for t in results["trials"] if t["scenario"] == scenario}
+    xs = sorted({t["point"][results["scenarios"][scenario]["x"]]
+                 for t in results["trials"] if t["scenario"] == scenario})
+    ok = {(t["model"], t["point"][results["scenarios"][scenario]["x"]])
+          for t in results["trials"] if t["scenario"] == scenario and t["status"] == "ok"}
+    # A point with no ok repeat is a cross on the axis, with one legend entry for all.
+    crossed = any((model, x) not in ok for model in models for x in xs)
+    panels = rendered["figures"][name]
+    assert len(panels) == len(paths)
+    for panel, path in zip(panels, paths, strict=True):
+        key = [label for label in panel if label.startswith("x on axis")]
+        assert len(key) == crossed, (name, sorted(panel))
+        by_model = {label.split(" ")[0]: line for label, line in panel.items()
+                    if label not in key}
+        assert set(by_model) == models, (name, path, sorted(panel))
+        for model, (x, y) in by_model.items():
+            expected = {v: m for v in xs
+                        if (m := expected_median(results, scenario, model, v, path)) is not None}
+            assert x == list(expected), (name, path, model)
+            # Drawn in the plot's unit: one factor for the whole line.
+            if y:
+                factors = [drawn / median for drawn, median in zip(y, expected.values(),
+                                                                  strict=True)]
+                assert factors == pytest.approx([factors[0]] * len(factors)), (name, model)
+
+
+def test_polling_interval_plot_draws_each_models_points(rendered):
+    results = fixture()
+    models = {t["model"] for t in results["trials"] if t["scenario"] == "polling_interval"}
+    [panel] = rendered["figures"]["polling_interval"]
+    for model in models:
+        intervals = {t["point"]["interval_ms"] for t in results["trials"]
+                     if t["scenario"] == "polling_interval" and t["model"] == model}
+        measured = [v for v in sorted(intervals) if all(
+            expected_median(results, "polling_interval", model, v, path) is not None
+            for path in ("server.cpu_util", "load.latency_us.p50"))]
+        for percentile in ("p50", "p99"):
+            cpu, _ = panel[f"{model} {percentile} latency"]
+            assert len(cpu) == len(measured) > 0
+    assert {label.split(" ")[0] for label in panel} == models
 
 
 def test_report_embeds_plots_by_valid_relative_links(rendered):
@@ -81,7 +174,13 @@ def test_scenario_table_cells_are_the_fixture_medians(rendered, scenario):
             if medians[0] is None:
                 assert re.search(r"failed|invalid|not measured", cell), (model, x, cell)
                 continue
-            for line, median in zip(lines, medians, strict=False):
+            # One line per figure, then only the notes a point may carry.
+            figures, notes = lines[:len(medians)], lines[len(medians):]
+            assert all(CELL_NOTE.fullmatch(note) for note in notes), (scenario, model, x, cell)
+            for line, median in zip(figures, medians, strict=True):
+                if median is None:
+                    assert line == "n/a", (scenario, model, x, cell)
+                    continue
                 assert close(parse_value(line), median), (scenario, model, x, line, median)
                 checked += 1
     assert checked >= len(rows)
@@ -322,7 +421,7 @@ def test_environment_table_says_how_quiet_the_generators_cpus_were():
     assert dict((row[0][0], row[1][0]) for row in environment_table(Run(results)).rows)[
         "other work on the load generator's CPUs"] == "not recorded"  # older runs
     others = [0.004, 0.012, 0.109, 0.020]
-    for trial, other in zip(results["trials"], others, strict=False):
+    for trial, other in zip(results["trials"][:len(others)], others, strict=True):
         trial["client"] = {"cpu_s": 1.0, "source": "rusage",
                            "window": {"cpus": [1], "busy_s": 0.2 + other, "generator_s": 0.15,
                                       "orchestrator_s": 0.05, "other_s": other,
