@@ -66,10 +66,12 @@ class FakeRunner:
                  fail_at: int | None = None) -> None:
         self.runs = runs or {}
         self.calls: list[Path] = []
+        self.argvs: list[list[str]] = []
         self.fail_at = fail_at
 
     def __call__(self, tree: Path, out: Path, argv: list[str]) -> Path:
         self.calls.append(tree)
+        self.argvs.append(argv)
         assert tree.is_dir() and "--scenarios" in argv
         if len(self.calls) == self.fail_at:
             raise ResultsError("`muxbench bench` wrote no new run")
@@ -117,6 +119,49 @@ def test_sides_alternate_and_repeat_i_of_each_side_ran_together(tmp_path, repo, 
     for results in merged.values():
         assert sorted({t["repeat"] for t in results["trials"]}) == [0, 1, 2, 3]
     assert list(private_tmp.iterdir()) == [] and len(_worktrees(repo)) == 1
+
+
+def _one_trial(results: dict, scenario: str, model: str, **changes) -> dict:
+    for trial in results["trials"]:
+        if trial["scenario"] == scenario and trial["model"] == model:
+            trial.update(changes)
+    return results
+
+
+def test_an_invalid_trial_is_measured_again_and_the_valid_one_kept(tmp_path, repo, capsys):
+    baseline = fake.write(fake.healthy_run(seed=1), tmp_path / "baseline")
+    first = _one_trial(fake.healthy_run(repeats=1, seed=2), "echo_clients", "thread",
+                       status="invalid", reason="load generator fell behind")
+    still = _one_trial(fake.healthy_run(repeats=1, seed=3), "echo_clients", "thread",
+                       status="invalid", reason="load generator fell behind")
+    again = _one_trial(fake.healthy_run(repeats=1, seed=4), "echo_clients", "thread",
+                       server={"cpu_s": 123.0})
+    runner = FakeRunner({repo: [first, still, again]})
+    args = _args(tmp_path, "--baseline", str(baseline), "--repeats", "1")
+    assert regress.regress(args, runner, repo) == 0
+    assert runner.argvs[1][-4:] == runner.argvs[2][-4:] == ["--scenarios", "echo_clients",
+                                                            "--models", "thread"]
+    head = load_results(next((tmp_path / "out").glob("*-head")))
+    thread = [t for t in head["trials"] if t["model"] == "thread"
+              and t["scenario"] == "echo_clients"]
+    assert [(t["status"], t["server"], t["repeat"]) for t in thread] == [
+        ("ok", {"cpu_s": 123.0}, 0)]
+    assert len(head["trials"]) == len(first["trials"])
+    capsys.readouterr()
+
+
+def test_a_point_invalid_every_time_stays_invalid_after_the_retries(tmp_path, repo, capsys):
+    baseline = fake.write(fake.healthy_run(seed=1), tmp_path / "baseline")
+    runs = [_one_trial(fake.healthy_run(repeats=1, seed=s), "echo_clients", "thread",
+                       status="invalid") for s in range(2, 2 + 1 + regress.RETRIES)]
+    runner = FakeRunner({repo: runs})
+    args = _args(tmp_path, "--baseline", str(baseline), "--repeats", "1")
+    regress.regress(args, runner, repo)
+    assert len(runner.calls) == 1 + regress.RETRIES
+    head = load_results(next((tmp_path / "out").glob("*-head")))
+    assert [t["status"] for t in head["trials"] if t["model"] == "thread"
+            and t["scenario"] == "echo_clients"] == ["invalid"]
+    capsys.readouterr()
 
 
 # -- what fails the gate -----------------------------------------------------------------
