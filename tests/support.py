@@ -11,17 +11,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from servers.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 MUXBENCH = [sys.executable, "-m", "bench.cli"]
-# Every model this machine can run (uvloop only where it is installed).
-AVAILABLE = [name for name, model in MODELS.items() if model.unavailable_reason() is None]
+
+
+def model_params(cases: Iterable[str | tuple]) -> list:
+    """pytest parameters, one per case: a model's name, or a tuple that starts with one.
+
+    A model this machine cannot run (uvloop not installed) stays in the list as a
+    skip that says why, so a missing model shows in every test report."""
+    params = []
+    for case in cases:
+        values = case if isinstance(case, tuple) else (case,)
+        reason = MODELS[values[0]].unavailable_reason()
+        marks = [] if reason is None else [pytest.mark.skip(reason=f"{values[0]}: {reason}")]
+        params.append(pytest.param(*values, marks=marks))
+    return params
+
+
+# Every model, as pytest parameters: those this machine cannot run are skipped, visibly.
+AVAILABLE = model_params(MODELS)
 
 
 @dataclass

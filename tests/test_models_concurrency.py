@@ -13,11 +13,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servers.models import MODELS
-from tests.support import process_tree, recv_exactly, recv_until_closed, serve, wait_for
+from tests.support import (
+    model_params,
+    process_tree,
+    recv_exactly,
+    recv_until_closed,
+    serve,
+    wait_for,
+)
 
-OWN_MODELS = [m for m in ("thread", "fork", "asyncio", "uvloop")
-              if MODELS[m].unavailable_reason() is None]
+OWN_MODELS = model_params(("thread", "fork", "asyncio", "uvloop"))
 
 
 def live_children(pid: int) -> list[int]:

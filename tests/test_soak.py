@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from servers.models import MODELS
 from tests.fuzz_support import (
     Peer,
     Snapshot,
@@ -36,12 +37,12 @@ from tests.fuzz_support import (
     unclear_log_lines,
     warm_baseline,
 )
-from tests.support import AVAILABLE, serve, wait_for
+from tests.support import model_params, serve, wait_for
 
-EVERY = [(m, p) for m in AVAILABLE for p in ("echo", "chat")]
+EVERY = model_params((m, p) for m in MODELS for p in ("echo", "chat"))
 # One of each way of serving: a readiness loop, select's fd bitmaps, threads, processes, asyncio.
-REPRESENTATIVE = [(m, p) for m, p in [("epoll", "echo"), ("select", "chat"), ("thread", "chat"),
-                                       ("fork", "chat"), ("asyncio", "echo")] if m in AVAILABLE]
+REPRESENTATIVE = model_params([("epoll", "echo"), ("select", "chat"), ("thread", "chat"),
+                               ("fork", "chat"), ("asyncio", "echo")])
 TIMEOUT = 120.0  # per phase; generous because the machine is shared, and still a bound
 # After the first round, USS may move by allocator noise, not by anything per client.
 USS_SLACK = 4 * 1024 * 1024
@@ -200,8 +201,8 @@ def hostile(model: str, protocol: str, tick: float) -> None:
         assert unclear_log_lines(server.log(), model) == []
 
 
-HOSTILE_FAST = [(m, p) for m, p in [("epoll", "chat"), ("thread", "chat"), ("fork", "chat"),
-                                    ("asyncio", "echo"), ("sigio", "echo")] if m in AVAILABLE]
+HOSTILE_FAST = model_params([("epoll", "chat"), ("thread", "chat"), ("fork", "chat"),
+                             ("asyncio", "echo"), ("sigio", "echo")])
 
 
 @pytest.mark.parametrize(("model", "protocol"), HOSTILE_FAST)
