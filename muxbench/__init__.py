@@ -1,0 +1,1 @@
+"""What every layer of muxbench shares (servers, load generator, harness, benchmarks)."""
