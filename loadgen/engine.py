@@ -14,7 +14,6 @@ collects the results.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import signal
@@ -28,13 +27,13 @@ from multiprocessing.connection import Connection, wait
 from loadgen.integrity import Window
 from loadgen.timer import sleep_until
 from loadgen.worker import CONNECT_BATCH, Go, Plan
+from muxbench.lifetime import die_with_parent
 
 # Slack on top of connect time + warm-up + duration + drain before everything is killed.
 GRACE_S = 5.0
 # Time between a message to the workers and the instant it names (the start,
 # or the end of a window cut short), so that every worker has it by then.
 LEAD_NS = 30_000_000
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -108,9 +107,8 @@ def _child(index: int, plan: Plan, chan: Connection, cls: type, parent: int,
     """Body of a forked worker; never returns."""
     code = 1
     try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+        # Forked by the parent's main thread, which lives as long as the parent.
+        die_with_parent(signal.SIGKILL, parent)
         # The parent handles Ctrl-C and SIGTERM, sent to the whole group or
         # not: it cuts the window short, collects the results, then kills us.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -27,7 +27,6 @@ counts their cost.  The parent has no threads, so fork() is safe.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -35,14 +34,13 @@ import signal
 import socket
 import time
 
+from muxbench.lifetime import die_with_parent
 from servers.epoll_loop import EpollServer
 from servers.net import RECV_SIZE, at_capacity, format_address, tune
 from servers.reactor import Connection
 
 log = logging.getLogger("muxbench.serve")
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 # Time allowed for the children to die of SIGTERM at shutdown, then of SIGKILL.
 STOP_TIMEOUT = 1.2
 KILL_TIMEOUT = 0.4
@@ -188,14 +186,6 @@ class ForkServer(EpollServer):
                     sock.sendall(delivery[1])  # blocks while the client does not read
         except OSError as exc:  # ECONNRESET and friends: the peer is gone
             log.info("dropped %s: %s", peer, exc.strerror)
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this child when the parent dies, however it dies."""
-    parent = os.getppid()
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
 
 
 def close_fds_except(keep: list[int]) -> None:
