@@ -1,36 +1,75 @@
-"""Processes the harness starts: each in its own group, each killed by the harness.
+"""Processes the harness starts: each in its own group, each dying with the harness.
 
+The one place where harness and benchmarks start, stop and kill processes.
 Every child is started with an argument list in a new session (so a Ctrl-C at
 the terminal reaches only the orchestrator, which then decides what dies),
 registered in `LIVE`, and killed group-wide by `kill_group()`.  Whatever
 happens -- a crash, a timeout, a KeyboardInterrupt in the middle of a trial --
-`kill_all()` in the suite's `finally` leaves nothing running.
+`kill_all()` in the suite's `finally` leaves nothing running.  And where no
+`finally` runs (the orchestrator SIGKILLed), every child has asked the kernel
+for SIGKILL when its parent dies (muxbench.lifetime).
+
+That request is tied to the thread that forked, and the suite starts a trial
+from a helper thread that ends long before the trial's load generator does.
+So every child is forked by one thread kept for the purpose, which lives as
+long as the process: `spawn()` hands the start to it and waits.  It blocks
+every signal, so that they reach the main thread (where Python runs the
+handlers, and where a Ctrl-C then cannot land between a child's start and its
+registration in `LIVE`); the launcher unblocks them in the child.  A
+consequence: nothing started here outlives this process, not even after a
+normal exit; a daemon meant to stay must be started some other way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from muxbench import lifetime
+
 LIVE: set[subprocess.Popen] = set()
+_starter = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="procs-starter",
+    initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, signal.valid_signals()))
 
 
 def spawn(argv: list[str], *, cpus: list[int] | None = None, **popen) -> subprocess.Popen:
-    """Start argv in a new session; pin it to `cpus` before it can start children."""
+    """Start argv in a new session, pinned to `cpus` from its first instruction,
+    to die with this process; OSError (as Popen) when argv[0] cannot be run."""
+    program = argv[0]
+    if os.sep in program and popen.get("cwd") is not None:
+        program = os.path.join(popen["cwd"], program)
+    env = os.environ if popen.get("env") is None else popen["env"]
+    if shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        # The launcher would fail only after the start; fail here, as Popen does.
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return _starter.submit(_start, lifetime.command(argv, cpus), popen).result()
+
+
+def _start(argv: list[str], popen: dict) -> subprocess.Popen:
     proc = subprocess.Popen(argv, start_new_session=True, **popen)
     LIVE.add(proc)
-    if cpus:
-        # Right after exec the child is still starting its interpreter, long
-        # before it accepts a client and creates a thread or child, so the
-        # affinity set here is the one every later thread and child inherits.
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(proc.pid, cpus)
     return proc
+
+
+def run(argv: list[str], *, timeout: float, cpus: list[int] | None = None,
+        **popen) -> subprocess.CompletedProcess:
+    """spawn() argv, collect its piped output, kill its group however it ends;
+    subprocess.TimeoutExpired after `timeout` seconds."""
+    proc = spawn(argv, **popen, cpus=cpus)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -97,6 +136,8 @@ def kill_pids(pids: list[int]) -> None:
 
 
 def kill_all() -> None:
+    """Kill every group spawn() started, a start still under way included."""
+    _starter.submit(lambda: None).result()  # the starter is done with what it was given
     for proc in list(LIVE):
         kill_group(proc)
 
