@@ -16,11 +16,13 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +52,14 @@ int main(int argc, char **argv) {
     int port = 0, nconns = 50;
     size_t size = 64;
     double duration = 5, warmup = 1;
+    /* Die with whoever started us, even SIGKILLed, when it can run no clean-up
+     * (nor reach us: we may be in a session of our own).  A parent already gone
+     * has left us to init, and then no signal will come: stop now. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1) {
+        fprintf(stderr, "echo_client: started by init, or its parent is gone; not running\n");
+        return 1;
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--host")) host = argv[i + 1];
         else if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);

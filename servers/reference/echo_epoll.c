@@ -8,6 +8,7 @@
  *
  * usage: echo_epoll [--host ADDR] [--port N]   (IPv4; prints "listening on")
  */
+#define _GNU_SOURCE /* accept4 */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -60,6 +62,14 @@ static int flush(struct conn *c) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
     int port = 0;
+    /* Die with whoever started us, even SIGKILLed, when it can run no clean-up
+     * (nor reach us: we may be in a session of our own).  A parent already gone
+     * has left us to init, and then no signal will come: stop now. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1) {
+        fprintf(stderr, "echo_epoll: started by init, or its parent is gone; not running\n");
+        return 1;
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--host")) host = argv[i + 1];
         else if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
