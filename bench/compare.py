@@ -4,15 +4,26 @@ Absolute times swing 3x between identical runs on these machines, so a raw
 NEW/BASE ratio says more about the weather than the code.  The judging lives in
 bench/judge.py (ratios normalised by a reference model of the same run, a
 threshold AND a one-sided Mann-Whitney U test, the two tests pyperf and asv
-apply); this module is the command: a rich table for people, --json for
-machines, and the exit status (1 regression, 2 unusable input).
+apply; a large change that too few repeats cannot test is "untested"); this
+module is the command and what CI reads of it:
+
+- render(): a rich table, what fails first -- regressions, untested changes,
+  improvements, then notes -- and the unchanged rows counted in one line;
+- to_json(): the verdicts, counts and exit status meanings, for machines;
+- write_junit(): one JUnit test case per cell, which every CI shows natively;
+- the exit status, from judge.ExitStatus (0 fine, 1 regression, 2 bad input,
+  3 a large change too few repeats could not test).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import textwrap
+import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from typing import TextIO
 
@@ -20,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.judge import (
+    EXIT_MEANINGS,
     IMPROVEMENT,
     METRICS,
     NA,
@@ -27,15 +39,36 @@ from bench.judge import (
     REFERENCE,
     REGRESSION,
     TOO_FEW,
+    UNTESTED,
+    UNTESTED_RATIO,
     Cell,
     Comparison,
+    ExitStatus,
     compare_runs,
+    min_p_value,
 )
 from bench.results import ResultsError, load_results, results_file
 from servers.argtypes import float_where
 
-STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", TOO_FEW: "yellow", NA: "dim",
-         REFERENCE: "dim", NOISE: ""}
+STYLE = {REGRESSION: "bold red", UNTESTED: "bold red", IMPROVEMENT: "green",
+         TOO_FEW: "yellow", NA: "dim", REFERENCE: "dim", NOISE: ""}
+# The order rows are shown in, what fails first; a row's rank is its worst cell's.
+# Rows whose cells are all noise, n/a or reference are counted, not shown.
+SHOWN = (REGRESSION, UNTESTED, IMPROVEMENT, TOO_FEW)
+# A regression is a check that failed; an untested change is a check that could not
+# be made, JUnit's <error>: CI shows it apart from failures, as exit status 3 is apart
+# from 1, and both fail the build.  A cell with too few repeats to test, or not judged
+# (n/a, the reference model), was skipped.  Noise and improvements pass.
+JUNIT = {REGRESSION: "failure", UNTESTED: "error", TOO_FEW: "skipped", NA: "skipped",
+         REFERENCE: "skipped"}
+
+
+def _x_key(comparison: Comparison, scenario: str) -> str:
+    """The name of the scenario's x axis ("clients", "idle"...), from either run."""
+    for run in (comparison.base, comparison.new):
+        if scenario in run["scenarios"]:
+            return run["scenarios"][scenario].get("x", "x")
+    return "x"
 
 
 def _cell_text(cell: Cell) -> str:
@@ -47,17 +80,27 @@ def _cell_text(cell: Cell) -> str:
     if cell.verdict in (REGRESSION, IMPROVEMENT):
         word = "worse" if cell.verdict == REGRESSION else "better"
         return f"{text} {word}, p={cell.p_value:.3f}"
+    if cell.verdict == UNTESTED:
+        return f"{text} worse, untested: too few repeats"
     return f"{text} ~ (too few repeats)" if cell.verdict == TOO_FEW else f"{text} ~"
 
 
-def _worst(cells: list[Cell]) -> str:
-    for verdict in (REGRESSION, TOO_FEW, IMPROVEMENT):
-        if any(c.verdict == verdict for c in cells):
-            return verdict
-    return NOISE
+def _rank(cells: list[Cell]) -> int:
+    """Index in SHOWN of the row's worst verdict; len(SHOWN) for a row with no change."""
+    verdicts = {cell.verdict for cell in cells}
+    return next((i for i, v in enumerate(SHOWN) if v in verdicts), len(SHOWN))
 
 
-def render(comparison: Comparison, console: Console, changes_only: bool = False) -> None:
+def repeats_needed(alpha: float) -> int:
+    """The fewest repeats per side with which the Mann-Whitney test can reach p < alpha."""
+    n = 1
+    while min_p_value(n, n) >= alpha:
+        n += 1
+    return n
+
+
+def render(comparison: Comparison, console: Console, show_all: bool = False) -> None:
+    """The verdicts for people and CI logs: changes first, unchanged rows only counted."""
     c = comparison
     ref = (f"normalised by {c.reference} of the same run: (NEW/NEW {c.reference}) / "
            f"(BASE/BASE {c.reference}), PSS/conn raw" if c.reference
@@ -70,59 +113,154 @@ def render(comparison: Comparison, console: Console, changes_only: bool = False)
     rows: dict[tuple, list[Cell]] = {}
     for cell in c.cells:
         rows.setdefault((cell.scenario, cell.x, cell.model, cell.protocol), []).append(cell)
-    for (scenario, x, model, protocol), cells in rows.items():
-        worst = _worst(cells)
-        if changes_only and worst == NOISE:
+    ranked = sorted(rows.items(), key=lambda row: _rank(row[1]))  # stable: run order kept
+    hidden = 0
+    for (scenario, x, model, protocol), cells in ranked:
+        rank = _rank(cells)
+        if rank == len(SHOWN) and not show_all:
+            hidden += 1
             continue
         by_metric = {cell.metric: cell for cell in cells}
         texts = [(_cell_text(by_metric[m.key]), STYLE[by_metric[m.key].verdict])
                  if m.key in by_metric else ("", "") for m in METRICS]
-        x_key = c.base["scenarios"].get(scenario, {}).get("x", "x")
         table.add_row(scenario if protocol == "echo" else f"{scenario} ({protocol})",
-                      f"{x_key}={x}", model,
+                      f"{_x_key(c, scenario)}={x}", model,
                       *(f"[{style}]{text}[/]" if style else text for text, style in texts),
                       "; ".join(cell.note for cell in cells if cell.note),
-                      style="bold" if worst == REGRESSION else None)
+                      style="bold" if rank < SHOWN.index(IMPROVEMENT) else None)
     if table.row_count:
         console.print(table)
-    summary = (f"{c.count(REGRESSION)} regression(s), {c.count(IMPROVEMENT)} improvement(s), "
-               f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats")
-    console.print(summary)
-    if c.count(TOO_FEW):
+    if hidden:
+        console.print(f"{hidden} unchanged row(s) not shown (--all shows every row)")
+    console.print(f"{c.count(REGRESSION)} regression(s), {c.count(UNTESTED)} untested "
+                  f"(too few repeats), {c.count(IMPROVEMENT)} improvement(s), "
+                  f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats "
+                  f"(under {c.untested_ratio:g}x or better)")
+    if c.count(UNTESTED):
+        console.print(f"[bold red]untested:[/] worse by {c.untested_ratio:g}x or more, "
+                      "but too few repeats to tell it from noise: this fails the run.")
+    if c.count(UNTESTED) or c.count(TOO_FEW):
+        n = repeats_needed(c.alpha)
         console.print(f"[yellow]note:[/] some changes could not be tested: at p < {c.alpha:g} "
-                      "a one-sided Mann-Whitney test needs about 5 repeats per side "
-                      "(`muxbench bench --repeats 5`).")
+                      f"a one-sided Mann-Whitney test needs {n} repeats per side "
+                      f"(`muxbench bench --repeats {n}`).")
+    console.print(f"exit status {c.exit_status:d}: {EXIT_MEANINGS[c.exit_status]}")
 
 
 def to_json(comparison: Comparison) -> dict:
     c = comparison
     return {
         "base": c.base["run_id"], "new": c.new["run_id"], "reference": c.reference,
-        "threshold": c.threshold, "alpha": c.alpha,
-        "summary": {v: c.count(v) for v in (REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA)},
-        "exit_status": c.exit_status,
+        "threshold": c.threshold, "alpha": c.alpha, "untested_ratio": c.untested_ratio,
+        "summary": {v: c.count(v) for v in (REGRESSION, UNTESTED, IMPROVEMENT, NOISE,
+                                             TOO_FEW, NA)},
+        "exit_status": int(c.exit_status),
+        "exit_statuses": {str(int(s)): meaning for s, meaning in EXIT_MEANINGS.items()},
         "cells": [asdict(cell) for cell in c.cells],
     }
+
+
+def _junit_message(cell: Cell, comparison: Comparison) -> str:
+    """What was found, with the figures that show it: ratio, p, medians (as measured)."""
+    if cell.verdict == REFERENCE:
+        return f"{cell.model} is the reference: every model's {cell.metric} is read against it"
+    words = {REGRESSION: "regression", UNTESTED: "untested: too few repeats",
+             TOO_FEW: "too few repeats to test", IMPROVEMENT: "improvement",
+             NOISE: "no change", NA: "not judged"}
+    parts = [words[cell.verdict]]
+    if cell.ratio is not None:
+        limit = (f"untested ratio {comparison.untested_ratio:g}x"
+                 if cell.verdict in (UNTESTED, TOO_FEW) else f"threshold {comparison.threshold:g}x")
+        parts.append(f"ratio {cell.ratio:.2f} ({limit}), "
+                     f"p={cell.p_value:.3f} (alpha {comparison.alpha:g}), median "
+                     f"BASE {cell.base_median:.4g} -> NEW {cell.new_median:.4g} "
+                     f"({cell.n_base} vs {cell.n_new} repeats)")
+    return ": ".join(parts) + (f"; {cell.note}" if cell.note else "")
+
+
+def write_junit(comparison: Comparison, path: str | os.PathLike) -> None:
+    """JUnit XML: one test case per (scenario, point, model, metric), one test suite."""
+    c = comparison
+    suite = ET.Element("testsuite", name="muxbench compare")
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (("base", c.base["run_id"]), ("new", c.new["run_id"]),
+                        ("reference", c.reference or "none"), ("threshold", c.threshold),
+                        ("alpha", c.alpha), ("untested_ratio", c.untested_ratio),
+                        ("exit_status", int(c.exit_status))):
+        ET.SubElement(properties, "property", name=name, value=str(value))
+    counts = dict.fromkeys(("failure", "error", "skipped"), 0)
+    for cell in c.cells:
+        case = ET.SubElement(suite, "testcase", classname=f"muxbench.{cell.scenario}.{cell.model}",
+                             name=f"{cell.metric} @ {_x_key(c, cell.scenario)}={cell.x}")
+        message = _junit_message(cell, c)
+        if outcome := JUNIT.get(cell.verdict):
+            counts[outcome] += 1
+            ET.SubElement(case, outcome, message=message, type=cell.verdict).text = message
+        else:
+            ET.SubElement(case, "system-out").text = message
+    totals = {"tests": str(len(c.cells)), "failures": str(counts["failure"]),
+              "errors": str(counts["error"]), "skipped": str(counts["skipped"])}
+    suite.attrib.update(totals)
+    root = ET.Element("testsuites", name="muxbench", **totals)
+    root.append(suite)
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
 # -- the sub-command ---------------------------------------------------------------------
 
 _ratio_threshold = float_where(lambda v: v > 1, "must be a ratio greater than 1, e.g. 1.25")
+_untested_ratio = float_where(lambda v: 1 < v < math.inf, "must be a ratio greater than 1, e.g. 2")
 _probability = float_where(lambda v: 0 < v < 1, "must be between 0 and 1, e.g. 0.01")
 
 
 def add_judging_options(parser: argparse.ArgumentParser) -> None:
-    """--threshold, --alpha and --reference: what counts as a change (shared with regress)."""
+    """--threshold, --alpha, --untested-ratio and --reference: what counts as a change
+    (shared with regress; judge_with() reads them)."""
     parser.add_argument("--threshold", type=_ratio_threshold, default=1.25,
                         help="smallest ratio (or 1/ratio) that can count (default: 1.25)")
     parser.add_argument("--alpha", type=_probability, default=0.01,
                         help="significance level of the Mann-Whitney test (default: 0.01)")
+    parser.add_argument("--untested-ratio", type=_untested_ratio, default=UNTESTED_RATIO,
+                        metavar="RATIO", help="with too few repeats to test, a change worse "
+                        "by this ratio or more fails (exit status 3), a smaller one is a note; "
+                        f"at least --threshold (default: {UNTESTED_RATIO:g})")
     parser.add_argument("--reference", default="epoll", help="model each run is normalised "
                         "by; 'none' compares raw values (same machine only) (default: epoll)")
 
 
 def reference_of(args: argparse.Namespace) -> str | None:
     return None if args.reference == "none" else args.reference
+
+
+def judge_with(args: argparse.Namespace, base: dict, new: dict) -> Comparison:
+    """BASE against NEW under the judging options, or ResultsError with a one-line message."""
+    if args.untested_ratio < args.threshold:
+        raise ResultsError(f"--untested-ratio {args.untested_ratio:g} is below --threshold "
+                           f"{args.threshold:g}: what it fails would not count as a change")
+    reference = reference_of(args)
+    comparison = compare_runs(base, new, reference, args.threshold, args.alpha,
+                              args.untested_ratio)
+    if not any(cell.verdict != NA for cell in comparison.cells):
+        raise ResultsError("BASE and NEW have nothing in common: no point and metric "
+                           f"measured in both (with a {reference} reference)")
+    return comparison
+
+
+def _epilog(width: int = 88) -> str:
+    statuses = "\n".join(textwrap.fill(meaning, width, initial_indent=f"  {status:d} ",
+                                       subsequent_indent="    ")
+                         for status, meaning in EXIT_MEANINGS.items())
+    return textwrap.fill(
+        "Repeats: with p < 0.01 the test needs 5 repeats per side (5 vs 5 repeats per side "
+        "can reach p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). With too few, a change "
+        "worse than --untested-ratio is marked 'untested: too few repeats' and fails the run; "
+        "a smaller one, or any improvement, is shown as '~ (too few repeats)' and does not "
+        "fail. Single repeats of unchanged code often differ by more than 2x (p99 most): "
+        "gate on 5 repeats, not on 1.", width) + "\n" + textwrap.fill(
+        "Output: regressions, then untested changes, improvements and notes; the unchanged "
+        "rows are counted in one line (--all shows them). --json and --junit FILE give the "
+        "same verdicts to machines.", width) + f"\nExit status:\n{statuses}"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -135,14 +273,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "gives p < --alpha; anything else is shown as ~ (noise). Memory per connection\n"
         "does not scale with machine speed: it is compared as measured, with values under\n"
         "8 KiB counted as 8 KiB (below that it is sampling noise).")
-    parser.epilog = (
-        "Repeats: with p < 0.01 the test needs about 5 repeats per side (5 vs 5 can reach\n"
-        "p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). A change past the threshold with\n"
-        "too few repeats is shown as '~ (too few repeats)' and does not fail.\n"
-        "Exit status: 0 no regression (improvements are fine), 1 a significant regression\n"
-        "or a point with no ok trial and a failed one in NEW (only invalid trials -- the\n"
-        "load generator saturated -- do not count), 2 unusable input (missing or malformed\n"
-        "file, other schema version, nothing in common).")
+    parser.epilog = _epilog()
     parser.add_argument("base", metavar="BASE", help="baseline run: directory, results.json "
                         "or run id under --root")
     parser.add_argument("new", metavar="NEW", help="the run to judge, same forms as BASE")
@@ -150,8 +281,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(default: results)")
     add_judging_options(parser)
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
-    parser.add_argument("--changes-only", action="store_true",
-                        help="show only rows with a change or too few repeats")
+    parser.add_argument("--junit", metavar="FILE",
+                        help="also write the verdicts as JUnit XML, one test case per cell")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--all", dest="show_all", action="store_true",
+                       help="show every row, the unchanged ones too")
+    # The former name of what is now the default.
+    shown.add_argument("--changes-only", dest="show_all", action="store_false",
+                       help=argparse.SUPPRESS)
 
 
 def load_pair(base: str, new: str, root: str) -> tuple[dict, dict]:
@@ -161,16 +298,17 @@ def load_pair(base: str, new: str, root: str) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    reference = reference_of(args)
     try:
         base, new = load_pair(args.base, args.new, args.root)
-        comparison = compare_runs(base, new, reference, args.threshold, args.alpha)
-        if not any(cell.verdict != NA for cell in comparison.cells):
-            raise ResultsError("BASE and NEW have nothing in common: no point and metric "
-                               f"measured in both (with a {reference} reference)")
+        comparison = judge_with(args, base, new)
+        if args.junit:
+            try:
+                write_junit(comparison, args.junit)
+            except OSError as exc:
+                raise ResultsError(f"cannot write {args.junit}: {exc.strerror}") from None
     except ResultsError as exc:
         print(f"muxbench compare: {exc}", file=sys.stderr)
-        return 2
+        return ExitStatus.BAD_INPUT
     for name, results in (("BASE", base), ("NEW", new)):
         if results["status"] != "complete":
             print(f"muxbench compare: note: {name} run {results['run_id']} is "
@@ -180,5 +318,5 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         # Piped output keeps whole rows rather than wrapping at rich's default 80 columns.
         render(comparison, Console(file=out, width=None if out.isatty() else 160),
-               args.changes_only)
+               args.show_all)
     return comparison.exit_status

@@ -1,6 +1,6 @@
 """Judging one run against another: per point, model and metric, is it a real change?
 
-Used by `muxbench compare` (bench/compare.py) and `make regress` (bench/regress.py).
+Used by `muxbench compare` (bench/compare.py) and `muxbench regress` (bench/regress.py).
 Absolute times swing 3x between identical runs on these machines, so a raw
 NEW/BASE ratio says more about the weather than the code.  Each model is read
 relative to a reference model measured in the same run at the same point, so a
@@ -8,6 +8,13 @@ machine that is uniformly slower cancels out: ratio = (NEW/NEW_ref) /
 (BASE/BASE_ref).  A change counts only when that ratio passes a threshold AND a
 one-sided Mann-Whitney U test over the repeats (each divided by the reference's
 value in the same repeat, see _per_repeat) gives p < alpha.
+
+With too few repeats the test cannot reach alpha whatever the data, so a
+change past the threshold is neither confirmed nor ruled out.  Such a change
+stays a note (TOO_FEW) unless it is worse by the large untested ratio or more:
+then it is UNTESTED, which fails the run under its own exit status, so that a
+3x slowdown measured once is never passed as noise.  ExitStatus and
+EXIT_MEANINGS are the one definition of what the commands exit with.
 """
 
 from __future__ import annotations
@@ -15,13 +22,37 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from enum import IntEnum
 
 from scipy.stats import mannwhitneyu
 
 from bench.results import TRIAL_STATUSES, group_points, metric
 
-REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, NA, REFERENCE = (
-    "regression", "improvement", "noise", "too-few", "n/a", "reference")
+REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, UNTESTED, NA, REFERENCE = (
+    "regression", "improvement", "noise", "too-few", "untested", "n/a", "reference")
+
+# Worse by this much, a change fails even when too few repeats can test it.  Single
+# repeats of unchanged code differ by more than that (p99 up to 6x, CPU/msg up to 5x,
+# normalised): a run of one repeat then exits UNTESTED, "cannot tell", never "fine".
+UNTESTED_RATIO = 2.0
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    REGRESSION = 1
+    BAD_INPUT = 2
+    UNTESTED = 3
+
+
+EXIT_MEANINGS = {
+    ExitStatus.OK: "no regression (improvements and notes do not fail)",
+    ExitStatus.REGRESSION: "a significant regression, or a point with no ok trial and a "
+                           "failed one in NEW",
+    ExitStatus.BAD_INPUT: "unusable input: a missing or malformed file, another schema "
+                          "version, nothing in common, a bad option",
+    ExitStatus.UNTESTED: "no tested regression, but a change worse than the untested ratio "
+                         "that too few repeats could not test",
+}
 
 
 @dataclass(frozen=True)
@@ -79,13 +110,17 @@ class Comparison:
     threshold: float
     alpha: float
     cells: list[Cell]
+    untested_ratio: float = UNTESTED_RATIO
 
     def count(self, verdict: str) -> int:
         return sum(c.verdict == verdict for c in self.cells)
 
     @property
-    def exit_status(self) -> int:
-        return 1 if self.count(REGRESSION) else 0
+    def exit_status(self) -> ExitStatus:
+        """A tested regression first: it is the stronger finding (1 wins over 3)."""
+        if self.count(REGRESSION):
+            return ExitStatus.REGRESSION
+        return ExitStatus.UNTESTED if self.count(UNTESTED) else ExitStatus.OK
 
 
 def min_p_value(n_base: int, n_new: int) -> float:
@@ -119,18 +154,26 @@ def _per_repeat(trials: list[dict], ref_trials: list[dict] | None, m: Metric) ->
     return out
 
 
+def _past(ratio: float, limit: float) -> bool:
+    """The ratio is at least `limit` away from 1, either way."""
+    return not 1 / limit < ratio < limit
+
+
 def _judge(cell: Cell, ratio: float, base: list[float], new: list[float],
-           higher_is_worse: bool, threshold: float, alpha: float) -> Cell:
+           higher_is_worse: bool, comparison: Comparison) -> Cell:
     """Verdict from the ratio of medians and a one-sided Mann-Whitney test on the repeats."""
     cell.ratio = ratio
     direction = "greater" if ratio >= 1 else "less"
     cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
-    if 1 / threshold < ratio < threshold:
+    worse = (ratio > 1) == higher_is_worse
+    if not _past(ratio, comparison.threshold):
         cell.verdict = NOISE
-    elif min_p_value(len(base), len(new)) >= alpha:
-        cell.verdict = TOO_FEW
-    elif cell.p_value < alpha:
-        cell.verdict = REGRESSION if (ratio > 1) == higher_is_worse else IMPROVEMENT
+    elif min_p_value(len(base), len(new)) >= comparison.alpha:
+        # Untestable: a large slowdown must not pass as noise; improvements never fail.
+        large = _past(ratio, comparison.untested_ratio)
+        cell.verdict = UNTESTED if worse and large else TOO_FEW
+    elif cell.p_value < comparison.alpha:
+        cell.verdict = REGRESSION if worse else IMPROVEMENT
     else:
         cell.verdict = NOISE
     return cell
@@ -167,7 +210,7 @@ def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
         if ratio is None:
             cell.note = "BASE median is 0"
             continue
-        _judge(cell, ratio, base, new, m.higher_is_worse, comparison.threshold, comparison.alpha)
+        _judge(cell, ratio, base, new, m.higher_is_worse, comparison)
     return cells
 
 
@@ -191,9 +234,10 @@ def _lost_point(key: tuple, n_base: int, failed: list[dict] | None,
 
 
 def compare_runs(base: dict, new: dict, reference: str | None = "epoll",
-                 threshold: float = 1.25, alpha: float = 0.01) -> Comparison:
+                 threshold: float = 1.25, alpha: float = 0.01,
+                 untested_ratio: float = UNTESTED_RATIO) -> Comparison:
     """Judge every (scenario point, model, metric) of BASE against NEW."""
-    comparison = Comparison(base, new, reference, threshold, alpha, [])
+    comparison = Comparison(base, new, reference, threshold, alpha, [], untested_ratio)
     base_ok, new_ok = group_points(base), group_points(new)
     new_failed, new_any = group_points(new, ("failed",)), group_points(new, TRIAL_STATUSES)
     for key in sorted(set(base_ok) | set(new_ok), key=_order(base)):

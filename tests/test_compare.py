@@ -144,14 +144,19 @@ def test_each_repeat_is_read_against_the_reference_beside_it(tmp_path, base):
     assert cell["ratio"] > 1.25 and cell["p_value"] > 0.01
 
 
-def test_too_few_repeats_are_shown_not_silently_passed(tmp_path):
+@pytest.mark.parametrize("factor, status, verdict, shown", [
+    (1.6, 0, "too-few", "~ (too few repeats)"),  # under --untested-ratio: a note
+    (2.5, 3, "untested", "untested: too few repeats"),  # past it: fails, on its own status
+])
+def test_too_few_repeats_are_shown_not_silently_passed(tmp_path, factor, status, verdict,
+                                                        shown):
     base = fake.healthy_run(repeats=3, seed=1)
-    new = fake.scale(fake.healthy_run(repeats=3, seed=2), "thread", CPU, 2.0)
-    status, report = _compare(tmp_path, base, new)
-    assert status == 0
-    assert _verdicts(report, "too-few") == [("echo_clients", "thread", 10, "cpu_per_msg_us")]
+    new = fake.scale(fake.healthy_run(repeats=3, seed=2), "thread", CPU, factor)
+    got, report = _compare(tmp_path, base, new)
+    assert got == status
+    assert _verdicts(report, verdict) == [("echo_clients", "thread", 10, "cpu_per_msg_us")]
     text = _table(tmp_path, base, new)
-    assert "~ (too few repeats)" in text and "5 repeats per side" in text
+    assert shown in text and "5 repeats per side" in text
 
 
 def _mark(results: dict, model: str, status: str, reason: str) -> None:
