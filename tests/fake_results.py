@@ -48,14 +48,14 @@ def load_object(clients: int, **over: object) -> dict:
 
 def trial(scenario: str, model: str, point: dict, repeat: int, *, cpu_util: float = 0.01,
           fds: int | None = None, derived: dict | None = None, load: dict | None = None,
-          status: str = "ok", reason: str | None = None) -> dict:
+          status: str = "ok", reason: str | None = None, sleeps: int = 0) -> dict:
     clients = point.get("clients", 1) + point.get("idle", 0)
     return {
         "scenario": scenario, "model": model, "protocol": "echo", "point": dict(point),
         "repeat": repeat, "status": status, "reason": reason,
         "started_at": "2026-11-29T16:00:00+00:00", "duration_s": 2.0,
         "server": {"cpu_s": cpu_util * 2.0, "wall_s": 2.0, "cpu_util": cpu_util,
-                   "fds_peak": clients + 5 if fds is None else fds},
+                   "ctx_voluntary": sleeps, "fds_peak": clients + 5 if fds is None else fds},
         "derived": {"cpu_per_msg_us": None, "ctx_per_msg": None, "pss_per_conn_bytes": None,
                     "throughput_msgs_s": None, "p99_us": None, **(derived or {})},
         "load": load if load is not None else load_object(clients),
