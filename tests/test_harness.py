@@ -248,8 +248,11 @@ def test_other_work_on_the_generators_cpus_is_measured():
         assert -0.02 <= window["busy_s"] <= most + 0.02, window
         parts = window["generator_s"] + window["orchestrator_s"] + window["other_s"]
         assert parts == pytest.approx(window["busy_s"])
-    (quiet, _), (hogged, _) = windows
-    assert hogged["other_s"] >= quiet["other_s"] + 0.5 * capacity[1], windows
+    # Beside a hog of its own the generator's CPUs are full, and most of that is other
+    # work -- whether or not some neighbour was busy there already in the quiet trial.
+    _, (hogged, _) = windows
+    assert hogged["busy_s"] >= 0.9 * capacity[1], windows
+    assert hogged["other_s"] >= 0.5 * capacity[1], windows
 
 
 def test_an_invalid_trial_names_the_other_work_beside_its_generator():
