@@ -242,8 +242,9 @@ def judge_with(args: argparse.Namespace, base: dict, new: dict) -> Comparison:
     comparison = compare_runs(base, new, reference, args.threshold, args.alpha,
                               args.untested_ratio)
     if not any(cell.verdict != NA for cell in comparison.cells):
+        with_reference = f" (with a {reference} reference)" if reference else ""
         raise ResultsError("BASE and NEW have nothing in common: no point and metric "
-                           f"measured in both (with a {reference} reference)")
+                           f"measured in both{with_reference}")
     return comparison
 
 
