@@ -2,6 +2,9 @@
 
 Each benchmark pins the side it measures to one CPU and the other side to
 another, runs fresh processes, and kills every process group it started.
+Processes are started and stopped through bench/procs.py, as the harness's
+are: each in a session of its own, each killed by the kernel if the script
+itself is killed.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,9 +21,11 @@ from typing import Literal, TypeVar
 from scipy.stats import quantile_test
 
 ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 15.0  # seconds a server has to say where it listens
 FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
 sys.path.insert(0, str(ROOT))
 
+from bench import procs  # noqa: E402
 from loadgen.integrity import ECHO_MIN_SIZE  # noqa: E402
 from loadgen.native import echo_client_command  # noqa: E402
 from servers.argtypes import number_in  # noqa: E402
@@ -46,6 +50,8 @@ def run_main(name: str, main: Callable[[], int]) -> None:
     except KeyboardInterrupt:  # Ctrl-C: the finally blocks have stopped what was started
         print(f"{name}: interrupted", file=sys.stderr)
         status = 130
+    finally:
+        procs.kill_all()  # a process whose start a Ctrl-C interrupted has no finally of its own
     sys.exit(status)
 
 
@@ -115,11 +121,6 @@ def spread(values: list[float], target: float, better: Literal["below", "above"]
             f"min {min(values):.3g}, max {max(values):.3g}")
 
 
-def pinned(cpu: int):
-    """preexec_fn that pins the child to one CPU."""
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
 def placement_and_tools(name: str) -> tuple[int, int, list[str], list[str]]:
     """(first CPU, second CPU, C server argv, C client argv), or exit with a clear line."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -137,45 +138,27 @@ def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
     """Start a server pinned to `cpu` in its own process group; (process, port).
 
     In a session of its own the terminal's Ctrl-C never reaches the server:
-    stopping it is ours alone, so Ctrl-C is held off until it is ours to stop.
-    Landing inside Popen, it would leave a started server behind (Popen closes
-    the pipes of a child it was interrupted starting, and lets it run).
+    stopping it is ours alone.  A Ctrl-C that lands before `try` leaves it to
+    run_main(), whose kill_all() finds it registered (bench/procs.py).
     """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-    def child_setup() -> None:  # the server starts with the signal mask we had
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        os.sched_setaffinity(0, {cpu})
-
+    proc = procs.spawn([*cmd, "--port", "0"], cpus=[cpu], stdout=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, text=True,
-                                start_new_session=True, preexec_fn=child_setup)
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        raise
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held till now lands here
-        line = proc.stdout.readline()
-        if "listening on " not in line:
+        line = procs.read_ready_line(proc, READY_TIMEOUT)
+        if not line or "listening on " not in line:
             raise RuntimeError(f"server {cmd[0]} did not start: {line!r}")
         return proc, int(line.rsplit(":", 1)[1])
     except BaseException:
-        stop(proc)
+        procs.kill_group(proc)
         raise
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
 
 
 def run_c_client(cmd: list[str], port: int, args, cpu: int, warmup: float) -> dict[str, float]:
     """One run of the C echo client; its summary line as a dict (roundtrips, rate, ...)."""
-    out = subprocess.run(
+    out = procs.run(
         [*cmd, "--port", str(port), "--conns", str(args.conns), "--size", str(args.size),
          "--duration", str(args.duration), "--warmup", str(warmup)],
-        capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=args.duration + 30,
-        check=True)
+        cpus=[cpu], timeout=args.duration + 30, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    out.check_returncode()
     fields = out.stdout.split()
     return {key: float(value) for key, value in zip(fields[::2], fields[1::2], strict=True)}

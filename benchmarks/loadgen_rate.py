@@ -35,15 +35,16 @@ from common import (
     ROOT,
     add_run_arguments,
     interleaved,
-    pinned,
     placement_and_tools,
     ratios,
     run_c_client,
     run_main,
     spread,
     start_server,
-    stop,
 )
+
+# Importable once common has put the project on sys.path.
+from bench import procs
 
 TARGET = 0.8
 
@@ -58,19 +59,20 @@ def run_client(cmd: list[str], port: int, args: argparse.Namespace,
     """(round trips/s, CPU µs per round trip) of the C client or the floor."""
     before = children_cpu()
     rate = run_c_client(cmd, port, args, cpu, warmup=1)["rate"]
-    # Its whole life (start-up included: none for C, some 50 ms for the floor)
-    # over the messages of warm-up + window.
+    # Its whole life (start-up included: some 10 ms of the launcher's for either,
+    # bench/procs.py, and some 50 ms more for the floor) over the messages of
+    # warm-up + window.
     return rate, (children_cpu() - before) / (rate * (args.duration + 1)) * 1e6
 
 
 def run_muxbench(port: int, args: argparse.Namespace, cpu: int) -> tuple[float, float]:
     """(round trips/s, CPU µs per round trip inside the window) of muxbench load."""
-    out = subprocess.run(
+    out = procs.run(
         [sys.executable, "-m", "bench.cli", "load", "--port", str(port), "--workload", "echo",
          "--clients", str(args.conns), "--size", str(args.size), "--duration",
          str(args.duration), "--warmup", "1", "--procs", "1", "--cpus", str(cpu), "--json"],
-        capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(cpu),
-        timeout=args.duration + 60)
+        cpus=[cpu], timeout=args.duration + 60, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     if not out.stdout.strip():  # exit 1 with a result is a run flagged invalid; that still counts
         raise RuntimeError(f"muxbench load gave no result (exit {out.returncode}): "
                            f"{out.stderr.strip().splitlines()[-1:]}")
@@ -112,7 +114,7 @@ def main() -> int:
                   f"muxbench load {py_rate:>7,.0f} ({py_cpu:4.1f})   "
                   f"load/C {py_rate / c_rate:.3f}", flush=True)
     finally:
-        stop(server)
+        procs.kill_group(server)
     vs_c = ratios(rounds, "load", "C", rate)
     median = statistics.median(vs_c)
     verdict = "meets" if median >= TARGET else "BELOW"

@@ -39,10 +39,11 @@ from common import (
     run_main,
     spread,
     start_server,
-    stop,
 )
 
-from servers.models import MODELS  # importable once common has put the project on sys.path
+# Importable once common has put the project on sys.path.
+from bench import procs
+from servers.models import MODELS
 
 TARGET = 1.3
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -79,7 +80,7 @@ def trial(server_cmd: list[str], client_cmd: list[str], args: argparse.Namespace
         summary = run_c_client(client_cmd, port, args, client_cpu, warmup=0)
         user_after, system_after = cpu_seconds(server.pid)
     finally:
-        stop(server)
+        procs.kill_group(server)
     roundtrips, errors = int(summary["roundtrips"]), int(summary["errors"])
     if errors or not roundtrips:
         raise RuntimeError(f"client reported {errors} errors, {roundtrips} round trips")
