@@ -9,14 +9,23 @@ results/microbench.json (`--benchmark-json`).
 from __future__ import annotations
 
 import socket
-from collections import deque
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 
 import pytest
 
-from loadgen.integrity import COUNTED, DUE, SEQ, Pattern, Tally, settle_mismatch
+from loadgen.echo import EchoWorker
+from loadgen.integrity import Window
 from loadgen.record import as_numpy, hdr_encode, new_samples, summarize
+from loadgen.worker import IN, Go, Plan
 from servers.protocol import Chat
-from tests.support import recv_exactly, serve
+from tests.support import kill_group, recv_exactly, serve, spawn
 
 # -- protocol framing: Chat.receive on typical traffic ---------------------------------
 
@@ -51,58 +60,114 @@ def test_chat_receive_framing(benchmark):
     assert chat.receive(0, LINE) == (tuple(range(MEMBERS)), LINE)
 
 
-# -- the load generator's record path ------------------------------------------------
+# -- the load generator's hot loop, driven over a real socket ---------------------------
 
-MESSAGES = 2_000
+ROUND_TRIPS = 2_000
 SIZE = 64
+# An echo peer in a process of its own, at the far end of a socketpair.  Once it has
+# echoed ROUND_TRIPS frames it cuts the window through the worker's channel, as the
+# generator's parent does on Ctrl-C, so each round times a fixed amount of work.  With
+# a swap interval it returns the frame after every Nth one first, when both came in the
+# same read (never waiting for a frame that may not come); it prints how many it swapped.
+PEER = textwrap.dedent("""
+    import socket, sys, time
+    from multiprocessing.connection import Connection
+    sock, chan = socket.socket(fileno=int(sys.argv[1])), Connection(int(sys.argv[2]))
+    rounds, size, every = (int(arg) for arg in sys.argv[3:6])
+    buf, seen, echoed, swapped = b"", 0, 0, 0
+    while data := sock.recv(65536):
+        buf += data
+        frames = [buf[i:i + size] for i in range(0, len(buf) - len(buf) % size, size)]
+        buf = buf[len(frames) * size:]
+        out = []
+        while frames:
+            frame = frames.pop(0)
+            if every and seen % every == every - 1 and frames and echoed < rounds:
+                out += [frames.pop(0), frame]
+                seen, swapped = seen + 1, swapped + 1
+            else:
+                out.append(frame)
+            seen += 1
+        sock.sendall(b"".join(out))
+        if echoed < rounds <= echoed + len(out):
+            chan.send(("cut", time.perf_counter_ns()))
+        echoed += len(out)
+    print(swapped, flush=True)
+""")
 
 
-def _inflight(pattern: Pattern) -> list[tuple[int, bytes, int, int, bool]]:
-    # (seq, frame, due_ns, sent_ns, counted), as the echo worker keeps them
-    return [(seq, pattern.frame(seq), 1_000 * seq, 1_000 * seq + 5, True)
-            for seq in range(MESSAGES)]
+@dataclass
+class Loop:
+    """One EchoWorker over one connection to a PEER, ready to run."""
+
+    worker: EchoWorker
+    go: Go
+    peer: subprocess.Popen
+    chan: Connection
 
 
-def record_replies(pending: list, replies: list[bytes], pattern: Pattern) -> tuple[Tally, bytes]:
-    """What the echo worker (loadgen/echo.py) does per reply: match it against the next
-    frame in flight (the slow path only on a mismatch), count it if it is one of the
-    window's messages, and append its latency to the raw array."""
-    inflight, missing, tally = deque(pending), {}, Tally()
-    samples = new_samples()
-    record = samples.append
-    for t, frame in enumerate(replies, start=MESSAGES * 1_000):
-        if inflight and frame == inflight[0][1]:
-            entry = inflight.popleft()
-        else:
-            entry = settle_mismatch(frame, pattern, inflight, missing, tally)
-            if entry is None:
-                continue
-        if entry[COUNTED]:
-            tally.received += 1
-            record(t - entry[DUE])
-    return tally, samples.tobytes()
+@pytest.fixture
+def loops() -> Iterator[Callable[[int, int], tuple[tuple, dict]]]:
+    """A pytest-benchmark setup: a fresh worker and peer for every round; all stopped at
+    the end."""
+    made: list[Loop] = []
+
+    def setup(depth: int, swap_every: int) -> tuple[tuple, dict]:
+        mine, theirs = socket.socketpair()
+        chan, peer_chan = Pipe()
+        with theirs, peer_chan:  # the peer's ends: ours closed once it has them
+            peer = spawn([sys.executable, "-c", PEER, str(theirs.fileno()),
+                          str(peer_chan.fileno()), str(ROUND_TRIPS), str(SIZE), str(swap_every)],
+                         pass_fds=(theirs.fileno(), peer_chan.fileno()), stdout=subprocess.PIPE,
+                         text=True)
+            plan = Plan("echo", "", 0, socket.AF_UNIX, cids=[0], clients=1, size=SIZE,
+                        depth=depth, rate=None, arrival="constant", seed=1, connect_timeout=5.0,
+                        drain_s=5.0)
+            worker = EchoWorker(plan, chan)
+            worker.adopt({0: mine})
+        # As Worker.main() does before run(): the parent's channel is how a cut arrives.
+        worker.ep.register(chan.fileno(), IN)
+        now = time.perf_counter_ns()
+        made.append(Loop(worker, Go(now, Window(now, now + 30 * 10**9)), peer, chan))
+        return (made[-1],), {}
+
+    yield setup
+    for loop in made:
+        kill_group(loop.peer)
+        loop.peer.stdout.close()
+        loop.worker.ep.close()
+        loop.chan.close()
 
 
-def test_record_path_in_order(benchmark):
-    pattern = Pattern(cid=7, size=SIZE, seed=1)
-    pending = _inflight(pattern)
-    replies = [entry[1] for entry in pending]
-    tally, raw = benchmark(record_replies, pending, replies, pattern)
-    assert tally.as_dict() == {"sent": 0, "received": MESSAGES, "lost": 0, "corrupted": 0,
-                               "duplicated": 0, "reordered": 0}
-    assert summarize(as_numpy([raw]))["count"] == MESSAGES
+def drive(loop: Loop) -> Loop:
+    """EchoWorker.run, the generator's own loop, until the peer cuts its window."""
+    loop.worker.run(loop.go)
+    return loop
 
 
-def test_record_path_with_every_tenth_reply_swapped(benchmark):
+def swaps(loop: Loop) -> int:
+    """How many pairs the peer swapped (it says once the worker has closed the socket)."""
+    out, _ = loop.peer.communicate(timeout=10)
+    return int(out)
+
+
+def test_echo_loop_in_order(benchmark, loops):
+    loop = benchmark.pedantic(drive, setup=lambda: loops(1, 0), rounds=5)
+    tally, worker = loop.worker.tally, loop.worker
+    assert ROUND_TRIPS <= tally.received == tally.sent <= ROUND_TRIPS + 1
+    assert (tally.lost, tally.corrupted, tally.duplicated, tally.reordered) == (0, 0, 0, 0)
+    assert not worker.errors and len(worker.latency) == tally.received
+    assert swaps(loop) == 0
+
+
+def test_echo_loop_with_every_tenth_reply_swapped(benchmark, loops):
     # The slow path: a later frame first (the skipped one is parked), then the late one.
-    pattern = Pattern(cid=7, size=SIZE, seed=1)
-    pending = _inflight(pattern)
-    replies = [entry[1] for entry in pending]
-    for i in range(0, MESSAGES, 10):
-        replies[i], replies[i + 1] = replies[i + 1], replies[i]
-    tally, raw = benchmark(record_replies, pending, replies, pattern)
-    assert (tally.received, tally.reordered) == (MESSAGES, MESSAGES // 10)
-    assert len(raw) == MESSAGES * 8 and pending[0][SEQ] == 0
+    loop = benchmark.pedantic(drive, setup=lambda: loops(2, 10), rounds=5)
+    tally = loop.worker.tally
+    assert tally.received == tally.sent >= ROUND_TRIPS
+    assert (tally.lost, tally.corrupted, tally.duplicated) == (0, 0, 0)
+    assert tally.reordered == swaps(loop) > 0
+    assert not loop.worker.errors and len(loop.worker.latency) == tally.received
 
 
 def summarize_window(raw: bytes) -> tuple[dict, str | None]:
