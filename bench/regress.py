@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ from rich.console import Console
 
 from bench import compare
 from bench.environment import ROOT
-from bench.judge import NOISE, REGRESSION, STATUS, TOO_FEW, Comparison, compare_runs
+from bench.judge import NOISE, STATUS, Cell, Comparison
 from bench.results import (
     ResultsError,
     load_results,
@@ -79,13 +80,18 @@ def gated(scenario: str, metric: str) -> bool:
 
 
 def apply_gate(comparison: Comparison) -> None:
-    """Keep regressions and untestable changes only where gated; note the rest as shown."""
+    """Let only gated cells fail: any other cell that would is shown as noise, with a note."""
     for cell in comparison.cells:
-        if gated(cell.scenario, cell.metric) or cell.verdict not in (REGRESSION, TOO_FEW):
+        if gated(cell.scenario, cell.metric) or not _fails(comparison, cell):
             continue
-        seen = "worse" if cell.verdict == REGRESSION else "changed, too few repeats"
-        cell.note = "; ".join(filter(None, [cell.note, f"{seen}: not gated (noisy here)"]))
+        ratio = f" {cell.ratio:.2f}x" if cell.ratio is not None else ""
+        cell.note = "; ".join(filter(None, [cell.note, f"{cell.verdict}{ratio}, not gated"]))
         cell.verdict = NOISE
+
+
+def _fails(comparison: Comparison, cell: Cell) -> bool:
+    """Whether this cell alone makes the comparison fail, by judge.py's own rule."""
+    return dataclasses.replace(comparison, cells=[cell]).exit_status != 0
 
 
 # -- the two trees -------------------------------------------------------------------------
@@ -274,28 +280,26 @@ def regress(args: argparse.Namespace, runner: Runner = bench_run, repo: Path = R
                 sides = measure({"base": tree, "head": repo}, out, args.repeats, runner,
                                 say)
             base, new = sides["base"], sides["head"]
-        comparison = compare_runs(base, new, compare.reference_of(args), args.threshold,
-                                  args.alpha)
+        comparison = compare.judge_with(args, base, new)
+        apply_gate(comparison)
+        if args.junit:
+            _write_junit(comparison, Path(args.junit))
     except ResultsError as exc:
         print(f"muxbench regress: {exc}", file=sys.stderr)
         return 2
-    apply_gate(comparison)
     if args.json:
         print(json.dumps(compare.to_json(comparison), indent=1))
     else:
-        _render(comparison, console, args.all)
-    if args.junit:
-        compare.write_junit(comparison, args.junit)
-    return comparison.exit_status
+        compare.render(comparison, console, show_all=args.all)
+    return int(comparison.exit_status)
 
 
-def _render(comparison: Comparison, console: Console, show_all: bool) -> None:
-    # TRANSITIONAL: compare.render's third parameter is becoming show_all.
-    import inspect
-    if "show_all" in inspect.signature(compare.render).parameters:
-        compare.render(comparison, console, show_all=show_all)
-    else:
-        compare.render(comparison, console, not show_all)
+def _write_junit(comparison: Comparison, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compare.write_junit(comparison, path)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -174,8 +175,14 @@ def gated_echo_cpu(monkeypatch):
 
 def _judge(tmp_path, repo, head_runs: list[dict], capsys) -> tuple[int, dict]:
     runner = FakeRunner({repo: head_runs})
-    status = regress.regress(_args(tmp_path, "--repeats", "5"), runner, repo)
-    return status, json.loads(capsys.readouterr().out)
+    junit = tmp_path / "ci" / "junit.xml"
+    status = regress.regress(_args(tmp_path, "--repeats", "5", "--junit", str(junit)),
+                             runner, repo)
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] is None  # both sides ran here, interleaved: raw values
+    failures = ElementTree.parse(junit).getroot().findall(".//failure")
+    assert len(failures) == report["summary"]["regression"]
+    return status, report
 
 
 def _slower(path: str, factor: float) -> list[dict]:
