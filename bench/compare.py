@@ -45,7 +45,7 @@ from bench.judge import (
     Comparison,
     ExitStatus,
     compare_runs,
-    min_p_value,
+    repeats_needed,
 )
 from bench.results import ResultsError, load_results, results_file
 from servers.argtypes import float_where
@@ -89,14 +89,6 @@ def _rank(cells: list[Cell]) -> int:
     """Index in SHOWN of the row's worst verdict; len(SHOWN) for a row with no change."""
     verdicts = {cell.verdict for cell in cells}
     return next((i for i, v in enumerate(SHOWN) if v in verdicts), len(SHOWN))
-
-
-def repeats_needed(alpha: float) -> int:
-    """The fewest repeats per side with which the Mann-Whitney test can reach p < alpha."""
-    n = 1
-    while min_p_value(n, n) >= alpha:
-        n += 1
-    return n
 
 
 def render(comparison: Comparison, console: Console, show_all: bool = False) -> None:
@@ -253,7 +245,7 @@ def _epilog(width: int = 88) -> str:
                                        subsequent_indent="    ")
                          for status, meaning in EXIT_MEANINGS.items())
     return textwrap.fill(
-        "Repeats: with p < 0.01 the test needs 5 repeats per side (5 vs 5 repeats per side "
+        "Repeats: with p < 0.01 the test needs 5 repeats per side (5 vs 5 "
         "can reach p = 1/252 = 0.004; 3 vs 3 cannot go below 0.05). With too few, a change "
         "worse than --untested-ratio is marked 'untested: too few repeats' and fails the run; "
         "a smaller one, or any improvement, is shown as '~ (too few repeats)' and does not "

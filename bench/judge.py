@@ -47,7 +47,8 @@ class ExitStatus(IntEnum):
 EXIT_MEANINGS = {
     ExitStatus.OK: "no regression (improvements and notes do not fail)",
     ExitStatus.REGRESSION: "a significant regression, or a point with no ok trial and a "
-                           "failed one in NEW",
+                           "failed one in NEW (invalid trials, where the load generator "
+                           "saturated, do not count)",
     ExitStatus.BAD_INPUT: "unusable input: a missing or malformed file, another schema "
                           "version, nothing in common, a bad option",
     ExitStatus.UNTESTED: "no tested regression, but a change worse than the untested ratio "
@@ -126,6 +127,14 @@ class Comparison:
 def min_p_value(n_base: int, n_new: int) -> float:
     """The smallest one-sided exact Mann-Whitney p that n_base vs n_new repeats can reach."""
     return 1.0 / math.comb(n_base + n_new, n_base)
+
+
+def repeats_needed(alpha: float) -> int:
+    """The fewest repeats per side with which the Mann-Whitney test can reach p < alpha."""
+    n = 1
+    while min_p_value(n, n) >= alpha:
+        n += 1
+    return n
 
 
 def _values(trials: list[dict] | None, m: Metric) -> list[float]:

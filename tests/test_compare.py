@@ -185,6 +185,13 @@ def test_min_p_value_matches_the_exact_mann_whitney_floor():
     assert judge.min_p_value(5, 5) < 0.01 <= judge.min_p_value(3, 3)
 
 
+@pytest.mark.parametrize("alpha, repeats", [(0.01, 5), (0.05, 4), (0.5, 2), (0.6, 1)])
+def test_repeats_needed_is_the_fewest_whose_floor_is_under_alpha(alpha, repeats):
+    assert judge.repeats_needed(alpha) == repeats
+    assert judge.min_p_value(repeats, repeats) < alpha
+    assert repeats == 1 or judge.min_p_value(repeats - 1, repeats - 1) >= alpha
+
+
 def _table(tmp_path: Path, base: dict, new: dict) -> str:
     out = tmp_path / "table.txt"
     with out.open("w") as stream:
