@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,20 +48,15 @@ from bench import procs
 TARGET = 0.8
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_client(cmd: list[str], port: int, args: argparse.Namespace,
                cpu: int) -> tuple[float, float]:
-    """(round trips/s, CPU µs per round trip) of the C client or the floor."""
-    before = children_cpu()
-    rate = run_c_client(cmd, port, args, cpu, warmup=1)["rate"]
-    # Its whole life (start-up included: some 10 ms of the launcher's for either,
-    # bench/procs.py, and some 50 ms more for the floor) over the messages of
-    # warm-up + window.
-    return rate, (children_cpu() - before) / (rate * (args.duration + 1)) * 1e6
+    """(round trips/s, CPU µs per round trip) of the C client or the floor.
+
+    The CPU is the client's own count, from its first send to its last: its
+    start-up and connecting are left out, as muxbench load leaves them out.
+    """
+    summary = run_c_client(cmd, port, args, cpu, warmup=1)
+    return summary["rate"], summary["cpu_us_per_roundtrip"]
 
 
 def run_muxbench(port: int, args: argparse.Namespace, cpu: int) -> tuple[float, float]:

@@ -10,7 +10,7 @@ gap splits into the interpreter's and its own.
 
 usage: python benchmarks/floor/echo_client.py --port P [--conns 50] [--size 64]
            [--duration 5] [--warmup 1]
-prints: roundtrips N seconds S rate R errors E   (the C client's line)
+prints: roundtrips N seconds S rate R errors E cpu_us_per_roundtrip C   (the C client's line)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
         ep.register(fd, select.EPOLLIN)
     pack, clock = struct.Struct("<Q").pack, time.monotonic
     roundtrips = errors = 0
-    start = clock()
+    start, cpu_start = clock(), time.process_time()
     open_at, close_at = start + args.warmup, start + args.warmup + args.duration
     for fd, sock in socks.items():
         sent[fd] = pack(0) + bodies[fd]
@@ -70,8 +70,10 @@ def main() -> int:
                 socks[fd].send(sent[fd])
             except OSError:
                 errors += 1
+    cpu, completed = time.process_time() - cpu_start, sum(seqs.values())
     print(f"roundtrips {roundtrips} seconds {args.duration:.6f} "
-          f"rate {roundtrips / args.duration:.1f} errors {errors}")
+          f"rate {roundtrips / args.duration:.1f} errors {errors} "
+          f"cpu_us_per_roundtrip {cpu * 1e6 / completed if completed else 0.0:.3f}")
     return 1 if errors else 0
 
 

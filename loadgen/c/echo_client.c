@@ -5,9 +5,11 @@
  * --workload echo --depth 1`, and just as honest: each connection sends a
  * message carrying its own sequence number and checks every byte that comes
  * back (memcmp) before sending the next.  Counts round trips completed inside
- * the window (after a warm-up) and prints one line:
+ * the window (after a warm-up), and the CPU it spent per round trip from its
+ * first send to its last (start-up and connecting left out, as `muxbench
+ * load` leaves them out of its figure), and prints one line:
  *
- *   roundtrips N seconds S rate R errors E
+ *   roundtrips N seconds S rate R errors E cpu_us_per_roundtrip C
  *
  * usage: echo_client --port P [--host 127.0.0.1] [--conns 50] [--size 64]
  *                    [--duration 5] [--warmup 1]
@@ -34,11 +36,13 @@ struct conn {
     char *sent, *recv;
 };
 
-static double now(void) {
+static double seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
+
+static double now(void) { return seconds(CLOCK_MONOTONIC); }
 
 static int send_next(struct conn *c, size_t size) {
     c->seq++;
@@ -97,6 +101,7 @@ int main(int argc, char **argv) {
     }
     long roundtrips = 0, errors = 0;
     double start = now(), open_at = start + warmup, close_at = open_at + duration;
+    double cpu_start = seconds(CLOCK_PROCESS_CPUTIME_ID);
     for (int i = 0; i < nconns; i++)
         if (send_next(&conns[i], size) < 0) errors++;
     struct epoll_event events[256];
@@ -120,7 +125,11 @@ int main(int argc, char **argv) {
             if (send_next(c, size) < 0) errors++;
         }
     }
-    printf("roundtrips %ld seconds %.6f rate %.1f errors %ld\n", roundtrips, duration,
-           roundtrips / duration, errors);
+    double cpu = seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu_start;
+    long completed = 0; /* each connection's sequence number is one ahead of its replies */
+    for (int i = 0; i < nconns; i++) completed += (long)conns[i].seq - 1;
+    printf("roundtrips %ld seconds %.6f rate %.1f errors %ld cpu_us_per_roundtrip %.3f\n",
+           roundtrips, duration, roundtrips / duration, errors,
+           completed > 0 ? cpu * 1e6 / completed : 0.0);
     return errors ? 1 : 0;
 }
