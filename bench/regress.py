@@ -39,9 +39,20 @@ from rich.console import Console
 
 from bench import compare
 from bench.environment import ROOT
-from bench.judge import NOISE, STATUS, Cell, Comparison
+from bench.judge import (
+    NA,
+    NOISE,
+    STATUS,
+    TOO_FEW,
+    UNTESTED,
+    Cell,
+    Comparison,
+    min_p_value,
+)
 from bench.results import (
+    TRIAL_STATUSES,
     ResultsError,
+    group_points,
     load_results,
     new_run_id,
     point_latest,
@@ -80,13 +91,39 @@ def gated(scenario: str, metric: str) -> bool:
 
 
 def apply_gate(comparison: Comparison) -> None:
-    """Let only gated cells fail: any other cell that would is shown as noise, with a note."""
+    """Let only gated cells decide the exit status.
+
+    Any other cell that would fail the comparison is shown as noise, with a
+    note.  A gated cell with too few valid repeats to test -- a busy machine
+    made its trials invalid -- is marked untested whatever its ratio (exit 3):
+    a gate that could not measure must not pass as if it had.
+    """
+    tried = [set(group_points(run, TRIAL_STATUSES)) for run in (comparison.base,
+                                                                 comparison.new)]
+    gated_scenarios = {scenario for scenario, _ in GATED}
     for cell in comparison.cells:
-        if gated(cell.scenario, cell.metric) or not _fails(comparison, cell):
+        key = (cell.scenario, cell.model, cell.protocol, cell.x)
+        if cell.metric == STATUS:
+            # A point both sides ran with no valid trial on one of them.
+            untestable = (cell.verdict == NA and cell.scenario in gated_scenarios
+                          and all(key in keys for keys in tried))
+        elif gated(cell.scenario, cell.metric):
+            untestable = (cell.verdict in (NOISE, TOO_FEW, NA)
+                          and min_p_value(cell.n_base, cell.n_new) >= comparison.alpha)
+        else:
+            if _fails(comparison, cell):
+                ratio = f" {cell.ratio:.2f}x" if cell.ratio is not None else ""
+                cell.note = _add(cell.note, f"{cell.verdict}{ratio}, not gated")
+                cell.verdict = NOISE
             continue
-        ratio = f" {cell.ratio:.2f}x" if cell.ratio is not None else ""
-        cell.note = "; ".join(filter(None, [cell.note, f"{cell.verdict}{ratio}, not gated"]))
-        cell.verdict = NOISE
+        if untestable:
+            cell.note = _add(cell.note, f"gated, and {cell.n_base} vs {cell.n_new} valid "
+                                        "repeats cannot be tested")
+            cell.verdict = UNTESTED
+
+
+def _add(note: str, more: str) -> str:
+    return "; ".join(filter(None, [note, more]))
 
 
 def _fails(comparison: Comparison, cell: Cell) -> bool:

@@ -208,6 +208,36 @@ def test_an_informational_metric_three_times_worse_passes_and_says_so(tmp_path, 
     assert not any(c["verdict"] == "regression" for c in report["cells"])
 
 
+def test_a_gated_point_left_with_no_valid_trial_is_untested_not_passed(tmp_path, repo, capsys,
+                                                                       gated_echo_cpu):
+    # A busy machine: every trial of thread's gated point invalid, retries included.
+    runs = [_one_trial(fake.healthy_run(repeats=1, seed=s), "echo_clients", "thread",
+                       status="invalid", reason="load generator fell behind")
+            for s in range(5 * (1 + regress.RETRIES))]
+    status, report = _judge(tmp_path, repo, runs, capsys)
+    assert status == report["exit_status"] == 3
+    untested = [(c["model"], c["metric"]) for c in report["cells"] if c["verdict"] == "untested"]
+    assert untested == [("thread", "status")]
+
+
+def test_a_gated_metric_with_too_few_valid_repeats_is_untested(tmp_path, repo, capsys,
+                                                               gated_echo_cpu):
+    def thread_invalid(seed: int) -> dict:
+        return _one_trial(fake.healthy_run(repeats=1, seed=seed), "echo_clients", "thread",
+                          status="invalid")
+
+    # Three of five repeats invalid for thread, retries included: 5 vs 2 cannot reach p < 0.01.
+    queue: list[dict] = []
+    for repeat in range(5):
+        queue += ([thread_invalid(repeat)] * (1 + regress.RETRIES) if repeat < 3
+                  else [fake.healthy_run(repeats=1, seed=repeat)])
+    status, report = _judge(tmp_path, repo, queue, capsys)
+    assert status == 3
+    cell = next(c for c in report["cells"] if c["model"] == "thread"
+                and c["metric"] == "cpu_per_msg_us" and c["scenario"] == "echo_clients")
+    assert cell["verdict"] == "untested" and (cell["n_base"], cell["n_new"]) == (5, 2)
+
+
 def test_a_stored_baseline_is_judged_without_a_worktree(tmp_path, repo, capsys,
                                                         gated_echo_cpu, private_tmp):
     baseline = fake.write(fake.healthy_run(seed=1), tmp_path / "baseline")
