@@ -11,12 +11,14 @@ merged into one results set, repeat i of both sides measured next to each
 other, and judged by bench/judge.py.
 
 Only the (scenario, metric) pairs in GATED fail the gate; the rest are shown,
-marked as not gated.  A stored run can stand in for the base (`--baseline
-DIR`), for a CI that keeps one as an artifact.
+marked as not gated.  Values are compared raw (--reference none), as both
+sides ran on this machine, interleaved.  A stored run can stand in for the
+base (`--baseline DIR`), for a CI that keeps one as an artifact.
 
-Exit status as `muxbench compare`: 0 no regression, 1 a regression in a gated
-metric, 2 unusable input (bad ref, a bench run that wrote nothing), 3 a large
-change in a gated metric that too few repeats could not test.
+Exit status as `muxbench compare`: 0 no regression in a gated metric, 1 a
+regression in one, 2 unusable input (unknown --base, a bench run that wrote
+nothing), 3 a gated metric not tested: too few valid repeats (a busy machine
+makes trials invalid), or a large change too few repeats could not test.
 """
 
 from __future__ import annotations
