@@ -22,8 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench.suite", "run a benchmark suite and store results.json"),
     "report": ("bench.report", "write REPORT.md and plots from a results run"),
     "compare": ("bench.compare", "compare two runs; exit 1 when NEW regressed against BASE"),
-    "regress": ("bench.regress", "measure the working tree against a git revision, "
-                "interleaved, and gate on the stable metrics"),
+    "regress": ("bench.regress", "judge the working tree against a git revision, run here"),
 }
 
 
