@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.judge import NA, REFERENCE, REGRESSION, TOO_FEW, compare_runs  # noqa: E402
+from bench.judge import NA, REFERENCE, REGRESSION, TOO_FEW, UNTESTED, compare_runs  # noqa: E402
 from bench.regress import GATED  # noqa: E402
 from bench.results import ResultsError, load_results  # noqa: E402
+from servers.argtypes import positive_int  # noqa: E402
 
 
 def pairs(directory: Path) -> list[tuple[dict, dict]]:
@@ -50,7 +51,7 @@ def spread(runs: list[tuple[dict, dict]], reference: str | None) -> dict[tuple, 
                 continue
             key = (cell.scenario, cell.metric)
             ratios[key].append(cell.ratio)
-            alarms[key] += cell.verdict in (REGRESSION, TOO_FEW)
+            alarms[key] += cell.verdict in (REGRESSION, UNTESTED, TOO_FEW)
     return {key: {"worst": max(max(r, 1 / r) for r in values),
                   "typical": math.exp(statistics.median(abs(math.log(r)) for r in values)),
                   "alarms": alarms[key], "cells": len(values)}
@@ -72,8 +73,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="*", type=Path, metavar="DIR",
                         help="read the runs of earlier `muxbench regress --out DIR`")
-    parser.add_argument("--runs", type=int, default=3, help="unchanged gate runs to make")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "gate-noise")
+    parser.add_argument("--runs", type=positive_int, default=3,
+                        help="unchanged gate runs to make (default: 3)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "gate-noise",
+                        help="where those runs go (default: results/gate-noise)")
     args = parser.parse_args()
     try:
         if not args.dirs:
@@ -86,7 +89,7 @@ def main() -> int:
         return 2
     raw, norm = spread(runs, None), spread(runs, "epoll")
     print(f"{len(runs)} unchanged gate run(s); worst and typical ratio NEW/BASE over every "
-          "model; alarms: cells a gate would fail (regression or too few repeats)")
+          "model; alarms: cells past the threshold, regressions or too few repeats to test")
     print(f"{'scenario':16} {'metric':20} {'cells':>5}  {'raw worst':>9} {'typical':>7} "
           f"{'alarms':>6}  {'/epoll worst':>12} {'alarms':>6}  gated")
     for key, r in raw.items():
