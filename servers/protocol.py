@@ -11,7 +11,8 @@ connection object, a child's pipe): the core never looks inside them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 MiB = 1024 * 1024
@@ -31,10 +32,12 @@ class OutputLimitExceeded(ProtocolError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-server limits, the same in every model (--max-line, --max-output, --max-clients)."""
+    """Per-server limits, the same in every model
+    (--max-line, --max-output, --max-stall, --max-clients)."""
 
     max_line: int = 64 * 1024
     max_output: int = MiB
+    max_stall: float = 2.0  # seconds: see Throttle
     max_clients: int | None = None
 
 
@@ -54,6 +57,7 @@ class Echo:
     # and TCP flow control pushes back on the sender.  That bounds the backlog
     # to one receive's worth, well under the output limit.
     pause_reading_while_backlogged = True
+    throttle = None  # nothing is shared, so nothing room-wide to hold back
 
     def __init__(self, limits: Limits = Limits()) -> None:
         self.limits = limits
@@ -80,11 +84,13 @@ class Chat:
     name = "chat"
     private = False
     # A chat client's backlog is filled by the *other* clients, so pausing its
-    # reads would not bound it; it is disconnected at the output limit instead.
+    # own reads would not bound it: the whole room is held back instead (Throttle).
     pause_reading_while_backlogged = False
 
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = Limits(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
+        self.throttle = Throttle(limits, clock)
         self._partial: dict[Hashable, bytearray] = {}
 
     @property
@@ -95,8 +101,10 @@ class Chat:
         self._partial[key] = bytearray()
 
     def leave(self, key: Hashable) -> None:
-        # An unterminated tail is not a line: it is never delivered.
+        # An unterminated tail is not a line: it is never delivered.  A member
+        # that left gets nothing more, so its backlog holds nobody back.
         self._partial.pop(key, None)
+        self.throttle.forget(key)
 
     def receive(self, key: Hashable, data: bytes) -> Delivery | None:
         partial = self._partial[key]
@@ -123,6 +131,84 @@ class Chat:
 
 
 PROTOCOLS = {"echo": Echo, "chat": Chat}
+
+
+class Throttle:
+    """When a chat room stops reading, and whom it drops: the slow-reader rule.
+
+    Every line goes to every member, so a member that reads more slowly than
+    the room talks falls behind however fast the others are.  Dropping every
+    member whose backlog passes --max-output (the textbook's answer) drops a
+    member that reads steadily but a little more slowly than a flood -- a
+    reader that the server itself starved of CPU for a moment, or whose relay
+    did.  The rule here is Redis's client-output-buffer-limit (a hard limit,
+    and a soft one held for too long) and IRC's sendq, with TCP doing the rest:
+
+    - A member whose backlog passes the high water mark (half --max-output)
+      is *behind*, until its backlog is back down to the low water mark (a
+      quarter).  While any member is behind, the room reads nobody: the
+      senders' bytes wait in the kernel, and TCP flow control slows them at
+      their source.  The flood goes no faster than its slowest reader.
+    - A member that is behind and takes nothing for --max-stall seconds is
+      dropped (`overdue`): that is the member that does not read, and it
+      cannot hold the room for longer.  A slow member that keeps reading
+      keeps making progress, so it stays, however slow.
+    - --max-output is still the hard limit (`Outbox`): the lines a server
+      read before the room paused can push a backlog past it.
+
+    Sans-io like the rest of this module: models report each member's
+    backlog after they wrote to it or queued for it (`note`), and ask whether
+    the room reads (`paused`) and whom to drop (`overdue`, `wait_time`).  The
+    clock is injected so that the rule is tested without waiting.
+    """
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.high = limits.max_output // 2
+        self.low = limits.max_output // 4
+        self.max_stall = limits.max_stall
+        self.clock = clock
+        # Members that are behind -> [backlog last noted, when they must next
+        # have taken something].  Empty in the common case: every check below
+        # starts with it.
+        self.behind: dict[Hashable, list] = {}
+
+    @property
+    def paused(self) -> bool:
+        """True while the room must read nobody."""
+        return bool(self.behind)
+
+    def note(self, key: Hashable, backlog: int) -> bool:
+        """Record a member's backlog; True when that paused or resumed the room."""
+        state = self.behind.get(key)
+        if state is None:
+            if backlog <= self.high:
+                return False
+            self.behind[key] = [backlog, self.clock() + self.max_stall]
+            return len(self.behind) == 1
+        if backlog <= self.low:
+            return self.forget(key)
+        if backlog < state[0]:  # it took something: progress, the clock restarts
+            state[1] = self.clock() + self.max_stall
+        state[0] = backlog
+        return False
+
+    def forget(self, key: Hashable) -> bool:
+        """The member left or was dropped; True when that resumed the room."""
+        return self.behind.pop(key, None) is not None and not self.behind
+
+    def overdue(self) -> list[tuple[Hashable, str]]:
+        """The members that are behind and took nothing for --max-stall seconds,
+        each with the reason to log as it is dropped."""
+        now = self.clock()
+        return [(key, f"output backlog {backlog} bytes, past {self.high}, "
+                      f"and nothing taken for {self.max_stall:g} s")
+                for key, (backlog, due) in self.behind.items() if due <= now]
+
+    def wait_time(self) -> float | None:
+        """Seconds until the next member may become overdue; None when none is behind."""
+        if not self.behind:
+            return None
+        return max(0.0, min(due for _, due in self.behind.values()) - self.clock())
 
 
 class Outbox(bytearray):

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servers.protocol import Chat, Echo, Limits, LineTooLong, Outbox, OutputLimitExceeded
+from servers.protocol import (
+    Chat,
+    Echo,
+    Limits,
+    LineTooLong,
+    Outbox,
+    OutputLimitExceeded,
+    Throttle,
+)
 
 chunks = st.binary(max_size=200)
 
@@ -143,3 +151,74 @@ def test_outbox_keeps_order_and_enforces_its_limit(limit, pushes, consumes):
             del model[:n]
         assert bytes(box) == bytes(model)
         assert len(box) == len(model)
+
+
+class Clock:
+    """A clock the test moves by hand: the throttle's rule is about time, not timing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def throttle(max_output: int = 100, max_stall: float = 2.0) -> tuple[Throttle, Clock]:
+    clock = Clock()
+    return Throttle(Limits(max_output=max_output, max_stall=max_stall), clock), clock
+
+
+def test_throttle_holds_the_room_from_half_the_limit_down_to_a_quarter():
+    room, _ = throttle(max_output=100)
+    assert not room.note("a", 50) and not room.paused  # at the high water mark: not yet
+    assert room.note("a", 51) and room.paused  # past it: the room pauses
+    assert not room.note("a", 30) and room.paused  # below high, above low: still behind
+    assert room.note("a", 25) and not room.paused  # at the low water mark: caught up
+    assert not room.note("a", 40) and not room.paused  # rising again, under high
+
+
+def test_throttle_drops_only_a_member_that_takes_nothing_for_max_stall():
+    room, clock = throttle(max_stall=2.0)
+    room.note("reads", 90)
+    room.note("idle", 90)
+    assert room.wait_time() == 2.0
+    clock.now = 1.5
+    room.note("reads", 80)  # took 10 bytes: its clock restarts
+    room.note("idle", 95)  # grew (lines read before the pause): no progress
+    clock.now = 2.0
+    assert [key for key, _ in room.overdue()] == ["idle"]
+    assert room.wait_time() == 0.0
+    (_, reason), = room.overdue()
+    assert "output backlog 95 bytes" in reason and "nothing taken for 2 s" in reason
+    assert not room.forget("idle")  # "reads" still holds the room
+    assert room.wait_time() == 1.5
+    clock.now = 3.4
+    assert room.overdue() == []
+    clock.now = 3.5
+    assert [key for key, _ in room.overdue()] == ["reads"]
+
+
+def test_throttle_forgets_a_member_that_leaves_the_room():
+    chat = Chat(Limits(max_output=100), clock=Clock())
+    for key in (1, 2):
+        chat.join(key)
+        chat.throttle.note(key, 99)
+    chat.leave(1)
+    assert chat.throttle.paused and list(chat.throttle.behind) == [2]
+    chat.leave(2)
+    assert not chat.throttle.paused and chat.throttle.wait_time() is None
+    assert Echo.throttle is None  # echo pauses only the client whose answers wait
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(min_value=0, max_value=120)),
+                max_size=40))
+def test_throttle_reports_exactly_the_notes_that_pause_or_resume_the_room(notes):
+    room, _ = throttle(max_output=100)
+    for key, backlog in notes:
+        was = room.paused
+        assert room.note(key, backlog) == (room.paused != was)
+        # Behind exactly when past high, or not yet back down to low.
+        if backlog > 50:
+            assert key in room.behind
+        elif backlog <= 25:
+            assert key not in room.behind
