@@ -27,6 +27,7 @@ class PollingServer(Reactor):
             if self.conns.get(conn.fd) is conn:  # on_readable skips a paused one
                 self.on_readable(conn)
         self.flush()
+        self.expire()
 
     def serve_forever(self) -> None:
         while True:

@@ -37,8 +37,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-line", type=positive_int, default=defaults.max_line,
                         help=f"chat: longest line in bytes (default {defaults.max_line})")
     parser.add_argument("--max-output", type=positive_int, default=defaults.max_output,
-                        help="bytes queued for one client before it is dropped "
-                             f"(default {defaults.max_output})")
+                        help="bytes queued for one client before it is dropped at once; "
+                             "chat stops reading the room while a member has more than "
+                             f"half of it queued (default {defaults.max_output})")
+    parser.add_argument("--max-stall", type=number_in(float, 0.001, 3600),
+                        default=defaults.max_stall, metavar="SECONDS",
+                        help="chat: seconds a member with more than half --max-output "
+                             "queued may take nothing before it is dropped "
+                             f"(default {defaults.max_stall:g})")
     parser.add_argument("--interval", type=number_in(float, 0, 10), default=0.0,
                         help="polling only: seconds to sleep between sweeps (default 0: busy-wait)")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("bound to %s, which is not a loopback address: reachable from the network",
                     format_address(listener.getsockname()))
     limits = Limits(max_line=args.max_line, max_output=args.max_output,
-                    max_clients=args.max_clients)
+                    max_stall=args.max_stall, max_clients=args.max_clients)
     protocol = PROTOCOLS[args.protocol](limits)
     wake_fd = shutdown.install()
     try:

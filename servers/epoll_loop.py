@@ -48,7 +48,7 @@ class EpollServer(Reactor):
         while True:
             # Connections left unfinished (edge-triggered only) get no new
             # report: do not sleep while there are any.
-            for fd, events in poll(0 if self.unfinished else -1):
+            for fd, events in poll(0 if self.unfinished else self.timeout()):
                 # The common report -- a client has bytes, nothing else -- is
                 # handled here: a call less per message, a few percent of a
                 # 64-byte echo.  Everything else goes through dispatch().
@@ -58,6 +58,7 @@ class EpollServer(Reactor):
                 else:
                     dispatch(fd, events & readable, events & select.EPOLLOUT)
             self.flush()
+            self.expire()
             if self.unfinished:
                 self.read_unfinished()
 

@@ -11,11 +11,12 @@ returning into the parent's stack to run the parent's clean-up.
 
 Chat needs the room.  Each child gets one end of a socketpair whose other end
 the parent keeps; the parent is a hub, an epoll chat room over those pairs
-(the epoll model's own machinery), so the line and output limits are enforced
-there, once.  The child relays bytes between its client and the hub, both
-ways, without ever blocking on either side: a client that stops reading must
-not stop its own lines reaching the room, and a hub that is busy must not
-stall the client.  A client the hub drops has its child terminated.
+(the epoll model's own machinery), so the line and output limits, and the
+room's backpressure, are enforced there, once.  The child relays bytes
+between its client and the hub, both ways, without ever blocking on either
+side: a client that stops reading must not stop its own lines reaching the
+room, and a hub that is busy must not stall the client.  A client the hub
+drops has its child terminated.
 
 The parent reaps children as the textbook warns it must: SIGCHLD only wakes
 the loop (through the wake fd of servers/shutdown.py), and the loop calls
@@ -171,7 +172,7 @@ class ForkServer(EpollServer):
             if hub is None:
                 self.serve_alone(sock, peer)
             else:
-                relay(sock, hub, peer, self.limits.max_output)
+                relay(sock, hub, peer)
             status = 0
         finally:
             os._exit(status)
@@ -196,18 +197,21 @@ def close_fds_except(keep: list[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def relay(client: socket.socket, hub: socket.socket, peer: str, backlog: int) -> None:
+def relay(client: socket.socket, hub: socket.socket, peer: str) -> None:
     """Pump bytes between the client and the hub until the hub is done with it.
 
     Every socket is non-blocking and each direction has a bounded buffer, so
     neither a client that does not read nor a hub that is busy can wedge the
-    other direction.  Towards the client the child holds up to `backlog`
-    bytes (the output limit): a client that reads must not be dropped because
-    its relay got less CPU than the hub for a moment.  When that fills, the
-    child stops reading the hub, whose own Outbox then grows to the limit
-    and drops the client.  The client's EOF is passed on as a half-close; the
-    hub closing its end means the client has left or was dropped: flush what
-    is pending, exit.
+    other direction.  Towards the client the child holds one receive's worth
+    at most, and reads the hub only while the client takes it: what the
+    client has not taken then waits in the hub's Outbox, where the room's
+    throttle counts it.  (A relay that buffered more would hide a member
+    that does not read, then drop it all at once -- or, counted by the hub,
+    drop a member that reads but whose relay got less CPU for a moment.)
+    Towards the hub, the child stops reading the client while the hub does
+    not take its bytes, so a held room pushes back on the client through TCP.
+    The client's EOF is passed on as a half-close; the hub closing its end
+    means the client has left or was dropped: flush what is pending, exit.
     """
     client.setblocking(False)
     hub.setblocking(False)
@@ -219,7 +223,7 @@ def relay(client: socket.socket, hub: socket.socket, peer: str, backlog: int) ->
         while hub_open or down:
             watch(poller, client, (select.POLLIN if client_open and not up else 0)
                   | (select.POLLOUT if down else 0))
-            watch(poller, hub, (select.POLLIN if hub_open and len(down) < backlog else 0)
+            watch(poller, hub, (select.POLLIN if hub_open and not down else 0)
                   | (select.POLLOUT if up else 0))
             poller.poll()
             if down:
@@ -233,8 +237,8 @@ def relay(client: socket.socket, hub: socket.socket, peer: str, backlog: int) ->
                 if half_close:
                     hub.shutdown(socket.SHUT_WR)
                     half_close = False
-                if hub_open:
-                    hub_open = fill(hub, down, backlog)
+                if hub_open and not down:
+                    hub_open = fill(hub, down, RECV_SIZE)
             except OSError:
                 return
     except OSError as exc:  # the client's side: ECONNRESET and friends

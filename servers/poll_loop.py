@@ -38,6 +38,8 @@ class PollServer(Reactor):
         dispatch = self.dispatch
         poll = self.poller.poll
         while True:
-            for fd, events in poll():
+            timeout = self.timeout()
+            for fd, events in poll(None if timeout is None else timeout * 1000):  # ms
                 dispatch(fd, events & readable, events & select.POLLOUT)
             self.flush()
+            self.expire()

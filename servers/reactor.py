@@ -15,6 +15,13 @@ waits again) -- Redis's "write before sleep".  Nothing is copied meanwhile,
 and the syscalls are the same; what changes is that the clients' wake-ups
 bunch up: a client woken by its answer finds its neighbours' answers
 already there, rather than sleeping again between them.
+
+Backpressure is decided by the protocol and applied here.  Echo pauses the
+one client whose answers wait.  A chat room pauses every member while one is
+behind (`servers.protocol.Throttle`): `paused` takes every member's read
+interest away, and `expire()` drops the member that took nothing for
+--max-stall seconds, which is why each model waits no longer than
+`timeout()` while the room is held.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ class Reactor:
         self.protocol = protocol
         self.limits: Limits = protocol.limits
         self.pause_reading = protocol.pause_reading_while_backlogged
+        self.throttle = protocol.throttle  # None: nothing room-wide (echo)
+        self.paused = False  # the room reads nobody: a member is behind
         self.conns: dict[int, Connection] = {}
         # Drain mode: connections left readable when their read budget ran out.
         # No new report will come for that data, so the loop must come back.
@@ -167,7 +176,7 @@ class Reactor:
         conn = Connection(sock, peer, self.limits)
         self.conns[conn.fd] = conn
         self.protocol.join(conn.fd)
-        conn.interest = (True, False)
+        conn.interest = (self.reading(conn), False)
         self.watch(conn)
         return conn
 
@@ -192,8 +201,10 @@ class Reactor:
         This is the per-message path, kept to one call beside the protocol's:
         each Python call here costs a few percent of a 64-byte echo.
         """
-        if conn.eof or (self.pause_reading and conn.outbox):
-            return False  # paused (edge-triggered reports come regardless); resumed by on_writable
+        if conn.eof or self.paused or (self.pause_reading and conn.outbox):
+            # Paused (edge-triggered reports come regardless); resumed by
+            # on_writable, or for the whole room by hold().
+            return False
         try:
             data = conn.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -224,7 +235,7 @@ class Reactor:
                     continue  # closed since (a reset, or a write below failed)
                 try:
                     if write_or_queue(target.sock, target.outbox, out):
-                        self.refresh(target)  # a backlog: watch for writability
+                        self.backlogged(target)  # watch for writability
                 except OSError as exc:  # the peer is gone
                     self.close(target, exc.strerror)
                 except ProtocolError as exc:  # past the output limit
@@ -240,7 +251,7 @@ class Reactor:
     def on_eof(self, conn: Connection) -> None:
         """The client half-closed: flush what is queued for it, then close."""
         conn.eof = True
-        self.protocol.leave(conn.fd)
+        self.leave(conn)
         # What this round read before the EOF goes out first: a loop may read
         # a connection twice in one round (on_writable resumes a paused one).
         self.flush()
@@ -268,14 +279,44 @@ class Reactor:
         if not outbox and conn.eof:
             self.close(conn)
             return
-        self.refresh(conn)
+        self.backlogged(conn)
         # Data that arrived while reading was paused raised no new edge, so
         # an edge-triggered or signal-driven loop would never read it.
         if was_paused and self.reading(conn):
             self.on_readable(conn)
 
     def reading(self, conn: Connection) -> bool:
-        return not conn.eof and not (self.pause_reading and conn.outbox)
+        return not (conn.eof or self.paused or (self.pause_reading and conn.outbox))
+
+    def backlogged(self, conn: Connection) -> None:
+        """conn's backlog changed: tell the room's throttle, then the mechanism."""
+        if self.throttle is not None and self.throttle.note(conn.fd, len(conn.outbox)):
+            self.hold(self.throttle.paused)
+        self.refresh(conn)
+
+    def hold(self, paused: bool) -> None:
+        """The room stops or starts reading: every member's interest changes.
+
+        One interest change per member per episode (an epoll_ctl each, for
+        epoll); the throttle's two water marks keep episodes apart.
+        """
+        self.paused = paused
+        for conn in self.conns.values():
+            self.refresh(conn)
+        if self.drain and not paused:
+            # What arrived while the room was held raised its one edge then.
+            self.unfinished.update(self.conns)
+
+    def expire(self) -> None:
+        """Drop the members that held the room for --max-stall seconds without reading."""
+        if self.throttle is None or not self.throttle.behind:
+            return
+        for fd, reason in self.throttle.overdue():
+            self.close(self.conns[fd], reason)
+
+    def timeout(self) -> float | None:
+        """How long a wait may last: until a member that is behind may be overdue."""
+        return None if self.throttle is None else self.throttle.wait_time()
 
     def refresh(self, conn: Connection) -> None:
         interest = (self.reading(conn), bool(conn.outbox))
@@ -288,6 +329,12 @@ class Reactor:
             return
         if reason:
             log.info("dropped %s: %s", conn.peer, reason)
-        self.protocol.leave(conn.fd)
         self.unwatch(conn)
         conn.sock.close()
+        self.leave(conn)
+
+    def leave(self, conn: Connection) -> None:
+        self.protocol.leave(conn.fd)
+        # The member holding the room back may be the one leaving.
+        if self.paused and not self.throttle.paused:
+            self.hold(False)

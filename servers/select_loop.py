@@ -49,9 +49,10 @@ class SelectServer(Reactor):
     def serve_forever(self) -> None:
         dispatch = self.dispatch
         while True:
-            readable, writable, _ = select.select(self.readers, self.writers, ())
+            readable, writable, _ = select.select(self.readers, self.writers, (), self.timeout())
             for fd in writable:
                 dispatch(fd, False, True)
             for fd in readable:
                 dispatch(fd, True, False)
             self.flush()
+            self.expire()

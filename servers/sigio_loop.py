@@ -49,5 +49,10 @@ class SigioServer(PollingServer):
         while True:
             self.unfinished.clear()  # the sweep reads every connection anyway
             self.sweep()
-            if not self.unfinished:  # else data is waiting that raises no SIGIO
+            if self.unfinished:  # data is waiting that raises no SIGIO
+                continue
+            timeout = self.timeout()  # a chat room held back by a member: see expire()
+            if timeout is None:
                 signal.sigwaitinfo({signal.SIGIO})
+            else:
+                signal.sigtimedwait({signal.SIGIO}, timeout)

@@ -182,3 +182,67 @@ def test_a_newcomer_given_a_closed_clients_fd_gets_none_of_the_rounds_lines(chat
         assert a.recv(100, socket.MSG_DONTWAIT) == b"before you came\n"
         with pytest.raises(BlockingIOError):
             newcomer.recv(100, socket.MSG_DONTWAIT)
+
+
+@pytest.fixture
+def held_room() -> Iterator[tuple[EpollServer, list[float]]]:
+    """Level-triggered epoll serving a chat room whose throttle reads a clock
+    the test moves by hand (now[0]): half of the 64 KiB limit holds the room."""
+    now = [0.0]
+    room = Chat(Limits(max_output=65536, max_stall=2.0), clock=lambda: now[0])
+    for server in built(EpollServer, room):
+        yield server, now
+
+
+def fall_behind(server, talker, conn_talker, idle_conn) -> None:
+    """Talk until the member that does not read holds the room (bounded)."""
+    line = b"x" * 1023 + b"\n"
+    for _ in range(1000):
+        if server.paused:
+            return
+        talker.sendall(line * 16)
+        server.read(conn_talker)
+        server.flush()
+        queued(talker)  # the talker reads its own copies
+    pytest.fail(f"never held: the idle member's backlog is {len(idle_conn.outbox)} bytes")
+
+
+def test_a_member_behind_holds_the_room_until_it_is_overdue(held_room):
+    server, now = held_room
+    (idle, conn_idle), (talker, conn_talker) = seated(server, "idle"), seated(server, "talker")
+    conn_idle.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # little hidden
+    with idle, talker:
+        fall_behind(server, talker, conn_talker, conn_idle)
+        assert conn_talker.interest[0] is False  # no member is read while one is behind
+        talker.sendall(b"held\n")
+        assert server.read(conn_talker) is False
+        assert server.timeout() == 2.0
+        now[0] = 1.9
+        server.expire()
+        assert conn_idle.fd in server.conns  # not yet
+        now[0] = 2.0
+        server.expire()
+        assert conn_idle.fd not in server.conns  # dropped: it took nothing for 2 s
+        assert not server.paused and conn_talker.interest == (True, False)
+        assert server.timeout() is None
+        assert server.read(conn_talker) is True
+        server.flush()
+        assert talker.recv(100, socket.MSG_DONTWAIT) == b"held\n"
+
+
+def test_a_member_behind_that_keeps_taking_bytes_is_kept(held_room):
+    server, now = held_room
+    (slow, conn_slow), (talker, conn_talker) = seated(server, "slow"), seated(server, "talker")
+    conn_slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with slow, talker:
+        fall_behind(server, talker, conn_talker, conn_slow)
+        for _ in range(100):  # a read now and then, each within --max-stall of the last
+            if not server.paused:
+                break
+            now[0] += 1.5
+            slow.recv(4096)
+            server.on_writable(conn_slow)
+            server.expire()
+            assert conn_slow.fd in server.conns
+        assert not server.paused  # caught up to the low water mark: the room reads again
+        assert conn_talker.interest[0] is True
