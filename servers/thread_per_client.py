@@ -14,9 +14,13 @@ the textbook's mutex.  A line fans out to every member, and a blocking send
 to a slow member would stall the sender's thread behind someone else's socket.
 So a reader only ever sends without blocking (MSG_DONTWAIT) and queues what
 the kernel did not take in the member's bounded Outbox; each member has a
-writer thread that alone blocks on its socket to flush that backlog.  A
-member whose backlog passes --max-output is dropped: its socket is shut down,
-which wakes both of its threads, and they exit.
+writer thread that alone waits on its socket to flush that backlog.  While a
+member is behind (servers.protocol.Throttle), every reader that delivers a
+line then waits on `room_open` before its next recv, so the senders' bytes
+stay in the kernel; the writer of a member that is behind waits for
+writability no longer than --max-stall, and drops whoever is overdue.  A
+dropped member's socket is shut down, which wakes both of its threads, and
+they exit.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class ThreadServer:
         # reading thread sends the answer itself, without the lock.
         self.direct = protocol.private
         self.lock = threading.Lock()  # guards the room, every Outbox and `clients`
+        self.throttle = protocol.throttle
+        # Notified whenever the room may read again: a member caught up or left.
+        self.room_open = threading.Condition(self.lock)
         self.clients: set[Client] = set()
 
     def run(self) -> None:
@@ -149,8 +156,7 @@ class ThreadServer:
                 elif not client.left:
                     # Half-closed: an unterminated tail is not a line.  Stay
                     # connected until what the room already queued is written.
-                    self.protocol.leave(client)
-                    client.left = True
+                    self.leave(client)
                     client.wakeup.notify()
             if client.writer is not None and client.writer.ident is not None:
                 client.writer.join()
@@ -192,6 +198,10 @@ class ThreadServer:
                         return str(exc)
                     if delivery is not None:
                         self.queue(*delivery)
+                    # Held here, not in recv(): the next bytes wait in the
+                    # kernel, and TCP pushes back on the sender.
+                    while self.throttle.paused and not client.dropped:
+                        self.room_open.wait()
 
     def queue(self, keys: tuple, data: bytes) -> None:
         """Fan a chat delivery out to the members (lock held); never blocks.
@@ -212,11 +222,14 @@ class ThreadServer:
                 self.drop(member, str(exc))
             else:
                 if queued:
+                    self.throttle.note(member, len(member.outbox))
                     member.wakeup.notify()
 
     def write_loop(self, client: Client) -> None:
-        """A member's writer: flushes its backlog, the only place a thread blocks on output."""
-        outbox = client.outbox
+        """A member's writer: flushes its backlog, the only place a thread waits on output."""
+        outbox, throttle = client.outbox, self.throttle
+        writable = select.poll()
+        writable.register(client.sock, select.POLLOUT)
         while True:
             with self.lock:
                 while not outbox and not client.left and not client.dropped:
@@ -227,14 +240,36 @@ class ThreadServer:
                 # until the kernel took it, so the Outbox measures what this
                 # client has not accepted yet, as in the single-threaded models.
                 chunk = outbox[:RECV_SIZE]  # a copy: the outbox may grow meanwhile
+                # Never wait past the moment a member that is behind (this one,
+                # or one that became so meanwhile) may be overdue.
+                timeout = throttle.wait_time()
+            if not writable.poll((throttle.max_stall if timeout is None else timeout) * 1000):
+                with self.lock:
+                    self.expire()
+                continue
             try:
-                client.sock.sendall(chunk)
+                sent = client.sock.send(chunk, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
             except OSError as exc:
                 with self.lock:
                     self.drop(client, exc.strerror)
                 return
             with self.lock:
-                outbox.consume(len(chunk))
+                outbox.consume(sent)
+                if throttle.note(client, len(outbox)):
+                    self.room_open.notify_all()
+
+    def expire(self) -> None:
+        """Drop the members that held the room for --max-stall seconds (lock held)."""
+        for client, reason in self.throttle.overdue():
+            self.drop(client, reason)
+
+    def leave(self, client: Client) -> None:
+        """client is no longer a member (lock held); the room may read again."""
+        self.protocol.leave(client)
+        client.left = True
+        self.room_open.notify_all()
 
     def drop(self, client: Client, reason: str | None) -> None:
         """Disconnect a client from any thread (lock held); its own threads clean up."""
@@ -242,8 +277,7 @@ class ThreadServer:
             return
         client.dropped = True
         if not client.left:
-            self.protocol.leave(client)
-            client.left = True
+            self.leave(client)  # which also wakes its reader, if it waits for the room
         if reason:
             log.info("dropped %s: %s", client.peer, reason)
         # shutdown() rather than close(): it wakes a recv() or sendall() blocked
