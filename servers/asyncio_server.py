@@ -12,10 +12,13 @@ allocator churn; get_buffer() lets every model read the same amount.  The
 same class runs on both loops; only the loop factory differs.
 
 Transports already follow the rule the hand-written models follow: write
-directly, buffer what the kernel did not take.  Echo's backpressure is the
+directly, buffer what the kernel did not take.  Backpressure is the
 flow-control pair pause_writing()/resume_writing(), turned into
-pause_reading()/resume_reading(); a chat member whose write buffer passes
---max-output is aborted.
+pause_reading()/resume_reading(): for echo, on the client itself; for chat,
+on every member while one is behind (servers.protocol.Throttle, whose water
+marks become each transport's write buffer limits), with a timer that drops
+the member that takes nothing for --max-stall seconds.  A chat member whose
+write buffer passes --max-output is aborted.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ class Client(asyncio.BufferedProtocol):
         self.gone = False
         clients.add(self)
         self.room.join(self)
+        throttle = self.room.throttle
+        if throttle is not None:
+            transport.set_write_buffer_limits(high=throttle.high, low=throttle.low)
+            if self.server.paused:
+                transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -95,33 +103,42 @@ class Client(asyncio.BufferedProtocol):
     # The transport calls these when its write buffer crosses the high and
     # then the low water mark.  For echo that means the client is not reading
     # its answers: stop reading its questions, and TCP pushes back on it.
+    # For chat, the member is behind, or caught up: the room's throttle decides.
     def pause_writing(self) -> None:
-        if self.room.pause_reading_while_backlogged and not self.transport.is_closing():
+        if not self.room.pause_reading_while_backlogged:
+            self.server.note(self)
+        elif not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.room.pause_reading_while_backlogged and not self.transport.is_closing():
+        if not self.room.pause_reading_while_backlogged:
+            self.server.note(self)
+        elif not self.transport.is_closing():
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         # Half-closed: an unterminated chat tail is not a line.  Returning
         # False has the transport close itself -- after flushing what it
         # still buffers, so echo's last bytes and queued chat lines go out.
-        self.room.leave(self)
+        self.leave()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and not self.gone:  # ECONNRESET, EPIPE: the peer is gone
             log.info("dropped %s: %s", self.peer, getattr(exc, "strerror", None) or exc)
         self.gone = True
-        self.room.leave(self)
+        self.leave()
         self.server.clients.discard(self)
 
     def drop(self, reason: str) -> None:
         log.info("dropped %s: %s", self.peer, reason)
         self.gone = True
-        self.room.leave(self)  # no further deliveries are addressed to it
+        self.leave()  # no further deliveries are addressed to it
         self.transport.abort()  # discard its buffer: that is what it could not take
+
+    def leave(self) -> None:
+        self.room.leave(self)
+        self.server.hold()  # it may have been the member holding the room back
 
 
 class AsyncioServer:
@@ -139,6 +156,47 @@ class AsyncioServer:
         self.buffer = memoryview(bytearray(RECV_SIZE))
         self.acceptor = Acceptor(listener)
         self.server: asyncio.AbstractServer | None = None
+        self.throttle = protocol.throttle  # None: nothing room-wide (echo)
+        self.paused = False  # the room reads nobody: a member is behind
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def note(self, client: Client) -> None:
+        """A member's write buffer crossed a water mark: tell the room's throttle."""
+        self.throttle.note(client, client.transport.get_write_buffer_size())
+        self.hold()
+
+    def hold(self) -> None:
+        """Pause or resume reading every member as the throttle says; time the stall."""
+        throttle = self.throttle
+        if throttle is None:
+            return
+        if throttle.paused != self.paused:
+            self.paused = throttle.paused
+            for client in self.clients:
+                if not client.transport.is_closing():
+                    if self.paused:
+                        client.transport.pause_reading()
+                    else:
+                        client.transport.resume_reading()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.paused:
+            self.expiry = asyncio.get_running_loop().call_later(
+                throttle.wait_time(), self.expire)
+
+    def expire(self) -> None:
+        """Drop the members that held the room for --max-stall seconds.
+
+        A transport reports only the water marks, not each write, so whether
+        a member took anything since is read from its buffer's size here.
+        """
+        self.expiry = None
+        for client in list(self.throttle.behind):
+            self.throttle.note(client, client.transport.get_write_buffer_size())
+        for client, reason in self.throttle.overdue():
+            client.drop(reason)
+        self.hold()
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, close everything, then re-raise the signal.
