@@ -102,6 +102,15 @@ def test_a_tested_regression_wins_over_an_untested_change(tmp_path):
                                              ("sparse", "select", 1000, "cpu_per_msg_us")}
 
 
+def test_a_row_of_untested_cells_stays_on_one_line_for_grep(tmp_path):
+    base = _quick()
+    new = _scaled(base, "thread", 3.0, CPU, P99, "derived.pss_per_conn_bytes")
+    proc = _cli(tmp_path, base, _scaled(new, "thread", 1 / 3, THROUGHPUT))
+    assert proc.returncode == 3
+    row = proc.stdout.splitlines()[_row(proc.stdout, "echo_clients", "thread")]
+    assert row.count("worse, untested: too few repeats") == 4
+
+
 def test_a_change_under_the_untested_ratio_on_one_repeat_passes_with_a_note(tmp_path):
     base = _quick()
     proc = _cli(tmp_path, base, _scaled(base, "select", 1.5, CPU))
