@@ -130,8 +130,8 @@ def render(comparison: Comparison, console: Console, show_all: bool = False) -> 
         console.print(f"{hidden} unchanged row(s) not shown (--all shows every row)")
     console.print(f"{c.count(REGRESSION)} regression(s), {c.count(UNTESTED)} untested "
                   f"(too few repeats), {c.count(IMPROVEMENT)} improvement(s), "
-                  f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats "
-                  f"(under {c.untested_ratio:g}x or better)")
+                  f"{c.count(NOISE)} unchanged (~), {c.count(TOO_FEW)} too few repeats but "
+                  f"not {c.untested_ratio:g}x worse (notes)")
     if c.count(UNTESTED):
         console.print(f"[bold red]untested:[/] worse by {c.untested_ratio:g}x or more, "
                       "but too few repeats to tell it from noise: this fails the run.")
