@@ -12,7 +12,8 @@ Two ways in:
   fork.
 - `command()`, for a program started with exec, which may be any program:
   the command line runs this file as a tiny launcher that asks for the signal
-  and then execs the program (the request survives exec).  The alternative,
+  and then execs the program (the request survives exec, except into a
+  set-user-ID or file-capability binary).  The alternative,
   `subprocess.Popen(preexec_fn=...)`, runs Python in the forked child of a
   parent that has threads (the harness samples and reads pipes in threads),
   which the subprocess documentation warns can deadlock on a lock another
@@ -28,6 +29,11 @@ started it goes on.  So a forked child must be forked by a thread that lives
 as long as its process (the load generator and the fork server fork from their
 main thread, and have no other); bench/procs.py starts every exec'd child from
 one such thread.
+
+The signal reaches the process started, not the children it forks (fork
+clears the request): a program that forks must pass it on, as the load
+generator and the fork server do.  A `--server` program that does not is
+stopped by its process group or cgroup, which only a living harness can do.
 
 usage (as the launcher): python -I -S lifetime.py PARENT_PID CPUS PROGRAM [ARG...]
 where CPUS is "" or a comma-separated list of CPUs to pin the program to.
