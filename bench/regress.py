@@ -63,26 +63,27 @@ from bench.results import (
 )
 from servers.argtypes import positive_int
 
-# What each side runs per repeat: open-loop scenarios at a fixed offered rate, so the
+# What each side runs per repeat: the headline scenario, every model serving 100
+# clients that send 5 messages a second each, open loop.  At a fixed offered rate the
 # load generator is not the bottleneck (closed-loop echo saturates it on two CPUs and
-# its trials come out invalid) and CPU per message is the server's own cost; every
-# model.  20 trials, about 25 s a run here: 5 repeats x 2 sides in 4-6 minutes.
-SCENARIOS = ("cpu_vs_clients", "open_loop")
+# its trials come out invalid), so CPU per message is the server's own cost.  10
+# trials, 12-20 s a run here: 5 repeats x 2 sides in 3-6 minutes on a quiet machine.
+SCENARIOS = ("cpu_vs_clients",)
 SUITE = "quick"
 REPEATS = 5  # 5 vs 5 is the fewest that reaches p < 0.01 (1/252) in a Mann-Whitney test
 # A trial whose load generator fell behind (a busy neighbour took its CPU) is invalid
 # and judge.py leaves it out: measured again, at most this often, right after its run,
 # so that a busy machine costs time rather than repeats.
 RETRIES = 2
+STOP_GRACE = 20.0  # seconds an interrupted bench run has to stop its servers
 
-# (scenario, metric) pairs whose verdict fails the gate.  Chosen from their spread on
-# unchanged code, `python benchmarks/gate_noise.py` (the worst ratio NEW/BASE of
-# any model over repeated HEAD-vs-HEAD gate runs); see docs/gate.md for the figures.
-# Only pairs whose worst noise stays well inside the 1.25x threshold are gated.
-GATED = frozenset({
-    ("cpu_vs_clients", "cpu_per_msg_us"),
-    ("open_loop", "cpu_per_msg_us"),
-})
+# (scenario, metric) pairs whose verdict fails the gate, chosen from their spread on
+# unchanged code: `python benchmarks/gate_noise.py` prints the worst ratio NEW/BASE of
+# any model over repeated HEAD-against-HEAD gate runs (figures in docs/gate.md).  CPU
+# per message stayed within 1.17x at cpu_vs_clients; p99 swung up to 4.9x and is shown,
+# not gated; throughput at a fixed offered rate is the rate, and PSS per connection at
+# 100 clients is under the 8 KiB floor for most models.
+GATED = frozenset({("cpu_vs_clients", "cpu_per_msg_us")})
 
 Runner = Callable[[Path, Path, list[str]], Path]
 
@@ -178,10 +179,13 @@ def bench_run(tree: Path, out: Path, argv: list[str]) -> Path:
     try:
         proc.wait()
     finally:
-        # Whatever happened (Ctrl-C included), nothing of the run may outlive it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # Interrupted: SIGTERM lets the run stop its servers and save what it has;
+        # then nothing of it may outlive the gate.
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
     after = _latest(out)
     if after is None or after == before:
         raise ResultsError(f"`muxbench bench` in {tree} (exit status {proc.returncode}) "
@@ -342,6 +346,14 @@ def _write_junit(comparison: Comparison, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A CI cancels with SIGTERM, and a background job starts with SIGINT ignored:
+    # both must still stop the bench run and remove the worktree (the finally blocks).
+    def interrupted(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # once: the clean-up must not be cut short
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupted)
     return regress(args)
 
 
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.regress")
     configure(parser)
     try:
-        return regress(parser.parse_args(argv))
+        return run(parser.parse_args(argv))
     except KeyboardInterrupt:
         print("muxbench regress: interrupted", file=sys.stderr)
         return 130
