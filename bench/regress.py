@@ -345,15 +345,22 @@ def _write_junit(comparison: Comparison, path: Path) -> None:
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    # A CI cancels with SIGTERM, and a background job starts with SIGINT ignored:
-    # both must still stop the bench run and remove the worktree (the finally blocks).
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, once, so the finally blocks run.
+
+    A CI cancels with SIGTERM, and a background job starts with SIGINT
+    ignored: both must still stop the bench run and remove the worktree.
+    """
     def interrupted(signum, frame):
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # once: the clean-up must not be cut short
+            signal.signal(sig, signal.SIG_IGN)  # the clean-up must not be cut short
         raise KeyboardInterrupt
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupted)
+
+
+def run(args: argparse.Namespace) -> int:
+    stop_on_signals()
     return regress(args)
 
 

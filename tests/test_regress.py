@@ -7,8 +7,11 @@ take seconds; the git worktrees and the one real process start are real.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +24,7 @@ from bench import regress
 from bench.cli import main
 from bench.results import ResultsError, load_results, resolve_run
 from tests import fake_results as fake
-from tests.support import ROOT
+from tests.support import ROOT, kill_group, spawn, wait_for
 
 CPU = "derived.cpu_per_msg_us"
 P99 = "derived.p99_us"
@@ -321,6 +324,48 @@ def test_bench_run_that_writes_nothing_is_an_error(tmp_path):
     (tree / "bench" / "cli.py").write_text("raise SystemExit(1)\n")
     with pytest.raises(ResultsError, match="exit status 1"):
         regress.bench_run(tree, tmp_path / "out", [])
+
+
+SLEEPING_CLI = '''\
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[sys.argv.index("--out") + 1], "pid").write_text(str(os.getpid()))
+time.sleep(60)
+'''
+
+INTERRUPTIBLE = '''\
+import sys
+from pathlib import Path
+from bench import regress
+regress.stop_on_signals()
+try:
+    regress.bench_run(Path(sys.argv[1]), Path(sys.argv[2]), [])
+except KeyboardInterrupt:
+    sys.exit(130)
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_bench_run_even_with_sigint_ignored_at_start(tmp_path, sig):
+    tree, out = tmp_path / "tree", tmp_path / "out"
+    (tree / "bench").mkdir(parents=True)
+    out.mkdir()
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "cli.py").write_text(SLEEPING_CLI)
+    # As a background job or nohup starts it: SIGINT ignored.
+    gate = spawn([sys.executable, "-c", INTERRUPTIBLE, str(tree), str(out)], cwd=ROOT,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    child = None
+    try:
+        assert wait_for(lambda: (out / "pid").is_file() and (out / "pid").read_text(), 30)
+        child = int((out / "pid").read_text())
+        gate.send_signal(sig)
+        assert gate.wait(30) == 130
+        assert wait_for(lambda: not Path(f"/proc/{child}").exists(), 10)
+    finally:
+        kill_group(gate)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child, signal.SIGKILL)
 
 
 # -- the CI workflow ---------------------------------------------------------------------
