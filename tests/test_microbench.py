@@ -66,31 +66,28 @@ ROUND_TRIPS = 2_000
 SIZE = 64
 # An echo peer in a process of its own, at the far end of a socketpair.  Once it has
 # echoed ROUND_TRIPS frames it cuts the window through the worker's channel, as the
-# generator's parent does on Ctrl-C, so each round times a fixed amount of work.  With
-# a swap interval it returns the frame after every Nth one first, when both came in the
-# same read (never waiting for a frame that may not come); it prints how many it swapped.
+# generator's parent does on Ctrl-C, so each round times a fixed amount of work.  The cut
+# goes out *before* the echo that completes the count: the worker then finds it with that
+# echo or earlier, and a depth-1 worker sends at most one more counted frame, whatever
+# the scheduler does.  With a swap interval it returns the frame after every Nth one
+# first, reading it if need be: at depth 2 or more the worker has already sent it, or
+# sends it on the echo before, so the wait always ends; it never swaps across the cut.
+# It prints how many pairs it swapped.
 PEER = textwrap.dedent("""
     import socket, sys, time
     from multiprocessing.connection import Connection
     sock, chan = socket.socket(fileno=int(sys.argv[1])), Connection(int(sys.argv[2]))
     rounds, size, every = (int(arg) for arg in sys.argv[3:6])
-    buf, seen, echoed, swapped = b"", 0, 0, 0
-    while data := sock.recv(65536):
-        buf += data
-        frames = [buf[i:i + size] for i in range(0, len(buf) - len(buf) % size, size)]
-        buf = buf[len(frames) * size:]
-        out = []
-        while frames:
-            frame = frames.pop(0)
-            if every and seen % every == every - 1 and frames and echoed < rounds:
-                out += [frames.pop(0), frame]
-                seen, swapped = seen + 1, swapped + 1
-            else:
-                out.append(frame)
-            seen += 1
-        sock.sendall(b"".join(out))
+    frames = sock.makefile("rb")
+    echoed = swapped = 0
+    while frame := frames.read(size):
+        out = [frame]
+        if every and echoed % every == every - 1 and echoed + 2 < rounds:
+            out.insert(0, frames.read(size))
+            swapped += 1
         if echoed < rounds <= echoed + len(out):
             chan.send(("cut", time.perf_counter_ns()))
+        sock.sendall(b"".join(out))
         echoed += len(out)
     print(swapped, flush=True)
 """)
