@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_line=args.max_line, max_output=args.max_output,
                     max_stall=args.max_stall, max_clients=args.max_clients)
     protocol = PROTOCOLS[args.protocol](limits)
-    wake_fd = shutdown.install()
     try:
+        wake_fd = shutdown.install()  # a signal during it raises Shutdown at its end
         server = model.server_class()(
             listener, protocol, Options(interval=args.interval, wake_fd=wake_fd))
         print(f"muxbench serve: {args.model} ({args.protocol}) listening on "
