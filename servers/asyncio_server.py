@@ -28,13 +28,15 @@ import errno
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
+from servers import shutdown
 from servers.net import RECV_SIZE, Acceptor, at_capacity, format_address, somaxconn, tune
 from servers.protocol import ProtocolError
+from servers.shutdown import SIGNALS
 
 log = logging.getLogger("muxbench.serve")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # create_server() calls listen() again, with 100 unless told otherwise.
 BACKLOG = min(somaxconn(), 4096)
 
@@ -208,33 +210,42 @@ class AsyncioServer:
         owns the signals: add_signal_handler turns one into a callback that
         completes `stop`, and serving ends when it is done.  (A future, not
         loop.stop(): a stop() that lands while create_server() is still
-        pending would be spent on that first run_until_complete().)  Once
-        every transport is closed, the caller's handlers are put back and the
-        signal is raised again for them, with the same effect it would have
-        had on any other model.
+        pending would be spent on that first run_until_complete().)
+
+        The signals are held from before the loop exists until it runs.
+        uvloop's handler only notes a signal; the note is acted on when the
+        loop reads its own wake fd, and that fd is made, and set as the
+        interpreter's, only when the loop starts.  A signal between
+        add_signal_handler() and that moment was written to a wake fd nobody
+        reads, noted, and never acted on: the server served on.  Held, it is
+        delivered once serve() runs, to a loop that is listening for it.
+
+        Once every transport is closed, the caller's handlers are put back and
+        the signal is raised again for them, with the same effect it would
+        have had on any other model.
         """
-        loop = self.new_event_loop()
-        loop.set_exception_handler(self.on_loop_error)
-        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-        stop = loop.create_future()
-        try:
-            for signum in SIGNALS:
-                loop.add_signal_handler(signum, self.request_stop, stop, signum)
-            loop.run_until_complete(self.serve(loop, stop))
-        finally:
-            # No signal may find the loop's handlers half removed (SIG_DFL
-            # would kill the process mid-clean-up): hold them until the
-            # caller's handlers are back.
-            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        with shutdown.held() as release:
+            loop = self.new_event_loop()
+            loop.set_exception_handler(self.on_loop_error)
+            previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+            stop = loop.create_future()
             try:
-                self.close_all(loop)
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+                for signum in SIGNALS:
+                    loop.add_signal_handler(signum, self.request_stop, stop, signum)
+                loop.run_until_complete(self.serve(loop, stop, release))
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                # No signal may find the loop's handlers half removed (SIG_DFL
+                # would kill the process mid-clean-up): hold them until the
+                # caller's handlers are back.
+                with shutdown.held():
+                    self.close_all(loop)
+                    for signum, handler in previous.items():
+                        signal.signal(signum, handler)
         signal.raise_signal(stop.result())
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Future) -> None:
+    async def serve(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Future,
+                    release: Callable[[], None]) -> None:
+        release()  # the loop runs: a signal held until now reaches its handler
         self.server = await loop.create_server(
             lambda: Client(self), sock=self.listener, backlog=BACKLOG)
         await stop
