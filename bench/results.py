@@ -7,8 +7,8 @@ Public API (stable; the report, compare and regression code import it):
 - ``ResultsError(Exception)``: every problem with a results file, as a one-line
   message fit for ``muxbench ...: <message>`` on stderr.
 - ``load_results(path_or_run_dir) -> dict``: read ``results.json`` (a file, or a
-  run directory holding one), check ``schema_version`` and the required keys of
-  the run and of every trial.
+  run directory holding one), check ``schema_version``, the required keys of
+  the run and of every trial, and the types its readers rely on (TRIAL_TABLES).
 - ``resolve_run(arg=None, root="results") -> Path``: the run directory for a user
   argument: ``None`` means ``ROOT/latest``; otherwise an existing directory or a
   run id under ``root``.
@@ -236,19 +236,37 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
         _require(trial, TRIAL_KEYS, where)
         if trial["status"] not in TRIAL_STATUSES:
             raise ResultsError(f"{where}: unknown status {trial['status']!r}")
-        _check_types(trial, TRIAL_TYPES, where)
+        _check_trial(trial, where)
     return data
 
 
+Types = dict[str, tuple[type, ...]]
+NUMBER = (int, float)
 # What every reader of a trial relies on, beyond the keys being there.
-TRIAL_TYPES: dict[str, tuple[type, ...]] = {
+TRIAL_TYPES: Types = {
     "scenario": (str,), "model": (str,), "protocol": (str,), "point": (dict,),
     "repeat": (int,), "reason": (str, type(None)),
     "server": (dict, type(None)), "derived": (dict, type(None)), "load": (dict, type(None)),
+    "client": (dict, type(None)),
 }
+CLIENT_TYPES: Types = {"window": (dict, type(None))}
+# A figure absent or null was not recorded (runs from before steal_s was kept).
+WINDOW_TYPES: Types = dict.fromkeys(
+    ("busy_s", "generator_s", "orchestrator_s", "other_s", "steal_s"), (*NUMBER, type(None)))
+# Each table with the path to the object it checks; an object that is absent or
+# null there was already allowed or refused by its parent's table.
+TRIAL_TABLES: tuple[tuple[tuple[str, ...], Types], ...] = (
+    ((), TRIAL_TYPES), (("client",), CLIENT_TYPES), (("client", "window"), WINDOW_TYPES))
 
 
-def _check_types(obj: dict, types: dict[str, tuple[type, ...]], where: str) -> None:
+def _check_trial(trial: dict, where: str) -> None:
+    for path, types in TRIAL_TABLES:
+        obj = _at(trial, path)
+        if isinstance(obj, dict):
+            _check_types(obj, types, f"{where}, {'.'.join(path)}" if path else where)
+
+
+def _check_types(obj: dict, types: Types, where: str) -> None:
     for key, allowed in types.items():
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, allowed):
@@ -268,15 +286,18 @@ def _require(obj: dict, keys: Iterable[str], where: str) -> None:
         raise ResultsError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
+def _at(obj: Any, path: Iterable[str]) -> Any:
+    """The value at a path of keys into nested dicts; None where a step is missing."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
 def metric(trial: dict, path: str) -> float | None:
-    value: Any = trial
-    for part in path.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-        if value is None:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    value = _at(trial, path.split("."))
+    if isinstance(value, bool) or not isinstance(value, NUMBER):
         return None
     return value
 
