@@ -229,6 +229,7 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
     for name, meta in data["scenarios"].items():
         if not isinstance(meta, dict):
             raise ResultsError(f"{path}: scenario {name!r} must be an object")
+        _check_types(meta, SCENARIO_TYPES, f"{path}: scenario {name!r}")
     for index, trial in enumerate(data["trials"]):
         where = f"{path}: trial {index}"
         if not isinstance(trial, dict):
@@ -257,6 +258,11 @@ WINDOW_TYPES: Types = dict.fromkeys(
 # null there was already allowed or refused by its parent's table.
 TRIAL_TABLES: tuple[tuple[tuple[str, ...], Types], ...] = (
     ((), TRIAL_TYPES), (("client",), CLIENT_TYPES), (("client", "window"), WINDOW_TYPES))
+# A scenario's x names the point parameter its trials are grouped and plotted by;
+# every point parameter is a number (bench/scenarios.py), and the x value is part
+# of a dict key (group_points): a list or an object in either place is damage.
+SCENARIO_TYPES: Types = {"x": (str,)}
+POINT_VALUE = NUMBER
 
 
 def _check_trial(trial: dict, where: str) -> None:
@@ -264,6 +270,9 @@ def _check_trial(trial: dict, where: str) -> None:
         obj = _at(trial, path)
         if isinstance(obj, dict):
             _check_types(obj, types, f"{where}, {'.'.join(path)}" if path else where)
+    # A point's keys are its scenario's parameters, so its table is made from them.
+    point = trial["point"]
+    _check_types(point, dict.fromkeys(point, POINT_VALUE), f"{where}, point")
 
 
 def _check_types(obj: dict, types: Types, where: str) -> None:

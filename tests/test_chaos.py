@@ -244,6 +244,10 @@ def _trial0(key: str, value):
     return lambda d: d["trials"][0].__setitem__(key, value)
 
 
+def _point0(value):
+    return lambda d: d["trials"][0]["point"].__setitem__("clients", value)
+
+
 # What the reader must say of each wrong-typed field: a value of the wrong type is
 # damage, never "not recorded", so each is refused naming the field.
 CORRUPTIONS = {
@@ -265,6 +269,13 @@ CORRUPTIONS = {
     "client window figures are not numbers": (_trial0(
         "client", {"window": {"other_s": "x", "steal_s": []}}),
         "trial 0, client.window: 'other_s' must be int or float or null"),
+    # Unhashable, these escaped as a TypeError when the points were grouped.
+    "trial point value is a list": (_point0([100]), "trial 0, point: 'clients' must be int "
+                                    "or float"),
+    "scenario x is an object": (lambda d: d["scenarios"]["idle"].__setitem__("x", {}),
+                                "scenario 'idle': 'x' must be str"),
+    # A point parameter is a number; as an x value a string broke the plots.
+    "trial point value is a string": (_point0("100"), "trial 0, point: 'clients' must be"),
 }
 
 
