@@ -1,13 +1,14 @@
 """Processes the harness starts: each in its own group, each dying with the harness.
 
-The one place where harness and benchmarks start, stop and kill processes.
-Every child is started with an argument list in a new session (so a Ctrl-C at
-the terminal reaches only the orchestrator, which then decides what dies),
-registered in `LIVE`, and killed group-wide by `kill_group()`.  Whatever
-happens -- a crash, a timeout, a KeyboardInterrupt in the middle of a trial --
-`kill_all()` in the suite's `finally` leaves nothing running.  And where no
-`finally` runs (the orchestrator SIGKILLed), every child has asked the kernel
-for SIGKILL when its parent dies (muxbench.lifetime).
+The one place where the harness, the regression gate, the speed scripts and
+the tests start, stop and kill processes.  Every child is started with an
+argument list in a new session (so a Ctrl-C at the terminal reaches only the
+orchestrator, which then decides what dies), registered in `LIVE`, and killed
+group-wide by `kill_group()`.  Whatever happens -- a crash, a timeout, a
+KeyboardInterrupt in the middle of a trial -- `kill_all()` in the suite's
+`finally` leaves nothing running.  And where no `finally` runs (the
+orchestrator SIGKILLed), every child has asked the kernel for SIGKILL when its
+parent dies (muxbench.lifetime).
 
 That request is tied to the thread that forked, and the suite starts a trial
 from a helper thread that ends long before the trial's load generator does.
@@ -15,9 +16,10 @@ So every child is forked by one thread kept for the purpose, which lives as
 long as the process: `spawn()` hands the start to it and waits.  It blocks
 every signal, so that they reach the main thread (where Python runs the
 handlers, and where a Ctrl-C then cannot land between a child's start and its
-registration in `LIVE`); the launcher unblocks them in the child.  A
-consequence: nothing started here outlives this process, not even after a
-normal exit; a daemon meant to stay must be started some other way.
+registration in `LIVE`); the launcher unblocks them in the child, and puts
+back to their defaults the signals a Python process or a background start
+ignores.  A consequence: nothing started here outlives this process, not even
+after a normal exit; a daemon meant to stay must be started some other way.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from muxbench import lifetime
 
 LIVE: set[subprocess.Popen] = set()
+KILL_SETTLE = 2.0  # seconds a SIGKILLed group has to go before what is left counts as surviving
 _starter = ThreadPoolExecutor(
     max_workers=1, thread_name_prefix="procs-starter",
     initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, signal.valid_signals()))
@@ -43,7 +46,11 @@ _starter = ThreadPoolExecutor(
 
 def spawn(argv: list[str], *, cpus: list[int] | None = None, **popen) -> subprocess.Popen:
     """Start argv in a new session, pinned to `cpus` from its first instruction,
-    to die with this process; OSError (as Popen) when argv[0] cannot be run."""
+    to die with this process; OSError (as Popen) when argv[0] cannot be run.
+
+    It starts with no signal blocked and SIGINT, SIGPIPE and SIGXFSZ at their
+    defaults, however this process was started (muxbench.lifetime): as from a
+    shell, so that an interrupt sent to it works as from a terminal."""
     program = argv[0]
     if os.sep in program and popen.get("cwd") is not None:
         program = os.path.join(popen["cwd"], program)
@@ -88,6 +95,18 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def wait_gone(pgid: int, timeout: float) -> list[int]:
+    """Poll until no live process is left in group pgid, at most `timeout`
+    seconds; whatever is still there then.
+
+    SIGKILL ends a process only when it next runs, which on a busy CPU may be
+    a moment after the signal: only what is left after that moment survived."""
+    deadline = time.monotonic() + timeout
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
 def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> int:
     """SIGKILL proc's whole group, reap the leader; returns how many were alive."""
     alive = group_members(proc.pid)
@@ -108,7 +127,8 @@ def stop_group(proc: subprocess.Popen, grace: float) -> dict:
 
     `leftover_procs` counts what the server left behind (itself, if it ignored
     SIGTERM, and any child that outlived it): the server's fault, recorded.
-    `remaining_after_kill` is the harness's own guarantee and should be 0."""
+    `remaining_after_kill` is the harness's own guarantee and should be 0:
+    what is still in the group up to KILL_SETTLE seconds after the SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
@@ -118,15 +138,13 @@ def stop_group(proc: subprocess.Popen, grace: float) -> dict:
         status, graceful = None, False
     # A well-behaved server reaps its children on the way out; give the last of
     # them a moment to be collected before calling them left behind.
-    deadline = time.monotonic() + 0.5
-    left = group_members(proc.pid)
-    while left and graceful and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = group_members(proc.pid)
+    left = set(wait_gone(proc.pid, 0.5) if graceful else group_members(proc.pid))
+    if not graceful:
+        left.add(proc.pid)  # counted once, whether or not it is exiting just now
     killed = kill_group(proc)
     return {"graceful": graceful, "exit_status": status if graceful else proc.returncode,
-            "leftover_procs": len(left) + (not graceful), "killed": killed,
-            "remaining_after_kill": len(group_members(proc.pid))}
+            "leftover_procs": len(left), "killed": killed,
+            "remaining_after_kill": len(wait_gone(proc.pid, KILL_SETTLE))}
 
 
 def kill_pids(pids: list[int]) -> None:

@@ -69,7 +69,8 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> Non
 
 def command(argv: list[str], cpus: list[int] | None = None) -> list[str]:
     """argv run so that it gets SIGKILL when the calling process dies (and is
-    pinned to `cpus` before it starts); to be started by this process's
+    pinned to `cpus` before it starts, with no signal blocked and SIGINT,
+    SIGPIPE and SIGXFSZ at their defaults); to be started by this process's
     longest-lived thread (see the module's docstring)."""
     return [sys.executable, "-I", "-S", LAUNCHER, str(os.getpid()),
             ",".join(map(str, cpus or ())), *argv]
@@ -84,6 +85,14 @@ def _launch(parent: str, cpus: str, *argv: str) -> None:
     # starting thread blocks them all, so that signals reach its main thread);
     # a program starts with none blocked, as from a shell.
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    # An ignored signal stays ignored across exec.  This launcher, as any
+    # Python, ignores SIGPIPE and SIGXFSZ (subprocess puts them back for what
+    # it starts, but that was the launcher), and a starter run in the
+    # background (`nohup CMD &`) has SIGINT ignored: a program would ignore an
+    # interrupt sent to it (a Python one installs no KeyboardInterrupt).  Each
+    # starts with all three at their defaults, as from a shell.
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

@@ -11,13 +11,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+# Children start as the harness's do: in a session of their own, with SIGINT at its
+# default however pytest was started, and SIGKILLed if pytest itself dies.
+from bench.procs import kill_group, spawn
 from servers.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,29 +70,28 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the whole process group and reap the leader."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+def stand_in_checkout(path: Path, cli: str) -> Path:
+    """A directory whose `python -m bench.cli` runs `cli`: a tree for the
+    regression gate to run `muxbench bench` from, without measuring anything."""
+    (path / "bench").mkdir(parents=True)
+    (path / "bench" / "__init__.py").write_text("")
+    (path / "bench" / "cli.py").write_text(cli)
+    return path
 
 
-def spawn(argv: list[str], preexec_fn: Callable[[], object] | None = None,
-          **popen: Any) -> subprocess.Popen:
-    """Start a child in a session of its own, with SIGINT at its default action.
+# A `muxbench bench` stand-in: writes its pid into its --out directory, then waits.
+SLEEPING_BENCH = """\
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[sys.argv.index("--out") + 1], "pid").write_text(str(os.getpid()))
+time.sleep(120)
+"""
 
-    A shell starts a background job, or a command under `nohup`, with SIGINT
-    ignored; the child inherits that across exec, and Python, finding SIGINT
-    ignored at start-up, installs no KeyboardInterrupt handler.  A test of what
-    Ctrl-C does must not depend on how the test run itself was started.
-    """
-    def preexec() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if preexec_fn is not None:
-            preexec_fn()
 
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **popen)
+# A prefix that runs a command with SIGINT ignored from its start, as a shell
+# starts a background job: for tests of what holds however a run was started.
+SIGINT_IGNORED = [sys.executable, "-c",
+                  "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])"]
 
 
 @contextlib.contextmanager

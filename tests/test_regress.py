@@ -24,7 +24,15 @@ from bench import regress
 from bench.cli import main
 from bench.results import ResultsError, load_results, resolve_run
 from tests import fake_results as fake
-from tests.support import ROOT, kill_group, spawn, wait_for
+from tests.support import (
+    ROOT,
+    SIGINT_IGNORED,
+    SLEEPING_BENCH,
+    kill_group,
+    spawn,
+    stand_in_checkout,
+    wait_for,
+)
 
 CPU = "derived.cpu_per_msg_us"
 P99 = "derived.p99_us"
@@ -307,10 +315,7 @@ run.mkdir(parents=True)
 
 
 def test_bench_run_imports_the_trees_code_not_the_installed_one(tmp_path):
-    tree = tmp_path / "tree"
-    (tree / "bench").mkdir(parents=True)
-    (tree / "bench" / "__init__.py").write_text("")
-    (tree / "bench" / "cli.py").write_text(FAKE_CLI)
+    tree = stand_in_checkout(tmp_path / "tree", FAKE_CLI)
     run = regress.bench_run(tree, tmp_path / "out", ["--suite", "quick"])
     written = json.loads((run / "results.json").read_text())
     assert Path(written["cli"]).resolve() == (tree / "bench" / "cli.py").resolve()
@@ -318,19 +323,10 @@ def test_bench_run_imports_the_trees_code_not_the_installed_one(tmp_path):
 
 
 def test_bench_run_that_writes_nothing_is_an_error(tmp_path):
-    tree = tmp_path / "tree"
-    (tree / "bench").mkdir(parents=True)
-    (tree / "bench" / "__init__.py").write_text("")
-    (tree / "bench" / "cli.py").write_text("raise SystemExit(1)\n")
+    tree = stand_in_checkout(tmp_path / "tree", "raise SystemExit(1)\n")
     with pytest.raises(ResultsError, match="exit status 1"):
         regress.bench_run(tree, tmp_path / "out", [])
 
-
-SLEEPING_CLI = '''\
-import os, pathlib, sys, time
-pathlib.Path(sys.argv[sys.argv.index("--out") + 1], "pid").write_text(str(os.getpid()))
-time.sleep(60)
-'''
 
 INTERRUPTIBLE = '''\
 import sys
@@ -346,14 +342,11 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_bench_run_even_with_sigint_ignored_at_start(tmp_path, sig):
-    tree, out = tmp_path / "tree", tmp_path / "out"
-    (tree / "bench").mkdir(parents=True)
+    tree, out = stand_in_checkout(tmp_path / "tree", SLEEPING_BENCH), tmp_path / "out"
     out.mkdir()
-    (tree / "bench" / "__init__.py").write_text("")
-    (tree / "bench" / "cli.py").write_text(SLEEPING_CLI)
-    # As a background job or nohup starts it: SIGINT ignored.
-    gate = spawn([sys.executable, "-c", INTERRUPTIBLE, str(tree), str(out)], cwd=ROOT,
-                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # As a shell starts a background job (`nohup make regress &`): SIGINT ignored.
+    gate = spawn([*SIGINT_IGNORED, sys.executable, "-c", INTERRUPTIBLE, str(tree), str(out)],
+                 cwd=ROOT)
     child = None
     try:
         assert wait_for(lambda: (out / "pid").is_file() and (out / "pid").read_text(), 30)
