@@ -39,7 +39,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import compare
+from bench import compare, procs
 from bench.environment import ROOT
 from bench.judge import (
     NA,
@@ -175,18 +175,13 @@ def bench_run(tree: Path, out: Path, argv: list[str]) -> Path:
     before = _latest(out)
     cmd = [sys.executable, "-m", "bench.cli", "bench", *argv, "--out", str(out.resolve())]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
-    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = procs.spawn(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL)
     try:
         proc.wait()
     finally:
         # Interrupted: SIGTERM lets the run stop its servers and save what it has;
         # then nothing of it may outlive the gate.
-        for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
+        procs.stop_group(proc, STOP_GRACE)
     after = _latest(out)
     if after is None or after == before:
         raise ResultsError(f"`muxbench bench` in {tree} (exit status {proc.returncode}) "

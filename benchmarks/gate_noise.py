@@ -9,7 +9,8 @@ stays well inside the gate's threshold (1.25x).
 
 usage: python benchmarks/gate_noise.py [--runs 3] [--out results/gate-noise] [DIR ...]
   DIR: a `muxbench regress --out` directory; its runs are read, none are made.
-Exit status: 0 done, 2 no pair of runs found or a gate run that measured nothing.
+Exit status: 0 done, 2 no pair of runs found or a gate run that measured nothing,
+130 interrupted (Ctrl-C), the gate run under way stopped and its worktree removed.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# benchmarks/ is sys.path[0] when a benchmark runs as a script.
+from common import ROOT, run_main
 
-from bench.judge import NA, REFERENCE, REGRESSION, TOO_FEW, UNTESTED, compare_runs  # noqa: E402
-from bench.regress import GATED  # noqa: E402
-from bench.results import ResultsError, load_results  # noqa: E402
-from servers.argtypes import positive_int  # noqa: E402
+# Importable once common has put the project on sys.path.
+from bench import procs
+from bench.judge import NA, REFERENCE, REGRESSION, TOO_FEW, UNTESTED, compare_runs
+from bench.regress import GATED, STOP_GRACE
+from bench.results import ResultsError, load_results
+from servers.argtypes import positive_int
+
+# A gate told to stop first gives its bench run STOP_GRACE to stop, then removes a worktree.
+GATE_STOP_GRACE = STOP_GRACE + 10.0
 
 
 def pairs(directory: Path) -> list[tuple[dict, dict]]:
@@ -62,9 +68,13 @@ def gate_runs(count: int, out: Path) -> None:
     for i in range(count):
         print(f"gate_noise: unchanged run {i + 1}/{count} (HEAD against HEAD)", flush=True)
         # Exit 1 or 3 is a finding here, not a failure: only "measured nothing" stops us.
-        status = subprocess.call([sys.executable, "-m", "bench.regress", "--base", "HEAD",
-                                  "--out", str(out), "--json"], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL)
+        gate = procs.spawn([sys.executable, "-m", "bench.regress", "--base", "HEAD",
+                            "--out", str(out), "--json"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        try:
+            status = gate.wait()
+        finally:
+            # Interrupted: SIGTERM lets the gate stop its bench run and remove its worktree.
+            procs.stop_group(gate, GATE_STOP_GRACE)
         if status not in (0, 1, 3):
             raise ResultsError(f"gate run {i + 1} exited {status}")
 
@@ -101,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("gate_noise", main)

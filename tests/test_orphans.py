@@ -33,7 +33,15 @@ import pytest
 
 from loadgen.native import echo_client_command
 from servers.reference import reference_server_command
-from tests.support import MUXBENCH, ROOT, serve
+from tests.support import (
+    MUXBENCH,
+    ROOT,
+    SLEEPING_BENCH,
+    kill_group,
+    serve,
+    spawn,
+    stand_in_checkout,
+)
 
 TOKEN = "MUXBENCH_ORPHAN_TOKEN"
 # Bounds, not measurements: how long a starter may take to start what a case
@@ -144,9 +152,8 @@ def started(argv: list[str], tmp_path: Path) -> Iterator[Tree]:
     token = uuid.uuid4().hex
     log = tmp_path / "starter.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, TOKEN: token}, start_new_session=True)
+        proc = spawn(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=err, env={**os.environ, TOKEN: token})
     tree = Tree(proc, token, log)
     try:
         yield tree
@@ -157,10 +164,10 @@ def started(argv: list[str], tmp_path: Path) -> Iterator[Tree]:
         for p in tree.survivors():  # pid and start time checked: never a stranger's group
             with contextlib.suppress(ProcessLookupError):
                 groups.add(os.getpgid(p.pid))
-        for pgid in groups - {os.getpgrp()}:
+        for pgid in groups - {os.getpgrp(), proc.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
 
 
 def running(text: str) -> Callable[[Proc], bool]:
@@ -275,3 +282,28 @@ def test_the_c_programs_die_with_a_parent_that_started_them_any_way(program, tmp
         with started(holder, tmp_path) as tree:
             tree.wait_for(f"the C {program}", lambda procs: has(procs, running(argv[0])))
             assert_none_left(tree)
+
+
+def test_a_gate_killed_takes_its_bench_run_with_it(tmp_path):
+    # bench/regress.py runs `muxbench bench` from the tree it measures; a
+    # stand-in tree keeps the run from measuring anything.
+    checkout = stand_in_checkout(tmp_path / "checkout", SLEEPING_BENCH)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = hold([str(checkout), str(out)], "from pathlib import Path\n"
+                "from bench import regress\n"
+                "regress.bench_run(Path(argv[0]), Path(argv[1]), [])")
+    with started(argv, tmp_path) as tree:
+        tree.wait_for("the bench run", lambda procs: (out / "pid").exists()
+                      and has(procs, running("bench.cli bench ")))
+        assert_none_left(tree)
+
+
+def test_a_test_child_dies_with_the_test_run(tmp_path):
+    # tests/support.py starts a test's servers and clients: a pytest killed
+    # outright must not leave them running.
+    argv = hold(["sleep", "120"], "from tests.support import spawn\nspawn(argv)")
+    with started(argv, tmp_path) as tree:
+        tree.wait_for("the test's child", lambda procs: has(procs, running("sleep 120")))
+        assert_none_left(tree)
+
