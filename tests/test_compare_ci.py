@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench import compare
+from bench import compare, procs
 from bench.cli import main
 from bench.judge import compare_runs
 from tests import fake_results as fake
-from tests.support import ROOT
+from tests.support import MUXBENCH, ROOT
 
 CPU, P99, THROUGHPUT = "derived.cpu_per_msg_us", "derived.p99_us", "derived.throughput_msgs_s"
-MUXBENCH = ROOT / ".venv" / "bin" / "muxbench"
 
 
 def _quick(seed: int = 1) -> dict:
@@ -47,10 +46,11 @@ def _first_repeat_only(results: dict, scenario: str, model: str) -> dict:
 
 
 def _cli(tmp_path: Path, base: dict, new: dict, *extra: str) -> subprocess.CompletedProcess:
-    """The installed `muxbench compare BASE NEW EXTRA...`, as CI runs it."""
+    """`muxbench compare BASE NEW EXTRA...` in a process of its own, as CI runs it:
+    this checkout's code (`python -m` from its root), whatever is installed."""
     base_dir, new_dir = fake.write(base, tmp_path / "base"), fake.write(new, tmp_path / "new")
-    return subprocess.run([str(MUXBENCH), "compare", str(base_dir), str(new_dir), *extra],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    return procs.run([*MUXBENCH, "compare", str(base_dir), str(new_dir), *extra], timeout=60,
+                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _json(tmp_path: Path, base: dict, new: dict, *extra: str) -> tuple[int, dict]:

@@ -18,6 +18,7 @@ import textwrap
 import psutil
 import pytest
 
+from bench import procs
 from bench.cli import main
 from bench.environment import placement
 from bench.scenarios import SCENARIOS, SUITES, plan
@@ -25,7 +26,7 @@ from bench.suite import _spec
 from servers.models import MODELS
 from tests.support import ROOT, recv_exactly, serve
 
-SOURCE_DIRS = ("servers", "loadgen", "bench", "benchmarks", "tests")
+SOURCE_DIRS = ("servers", "loadgen", "bench", "muxbench", "benchmarks", "tests")
 
 
 # ---- servers bind loopback unless told otherwise, and say so when told ---------------------
@@ -70,8 +71,8 @@ GUARDED = textwrap.dedent("""
 
 
 def guarded_load(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", GUARDED, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, start_new_session=True)
+    return procs.run([sys.executable, "-c", GUARDED, *args], timeout=60, cwd=ROOT,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("host", ["10.1.2.3", "2001:db8::1", "0.0.0.0"])
@@ -126,7 +127,9 @@ def shell_uses(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_no_subprocess_goes_through_a_shell():
-    files = [p for d in SOURCE_DIRS for p in sorted((ROOT / d).rglob("*.py"))]
+    per_dir = {d: sorted((ROOT / d).rglob("*.py")) for d in SOURCE_DIRS}
+    assert all(per_dir.values()), per_dir  # every directory was found: none goes unchecked
+    files = [p for found in per_dir.values() for p in found]
     assert len(files) > 40  # the tree was found
     offenders = [f"{path.relative_to(ROOT)}:{line}: {what}" for path in files
                  for line, what in shell_uses(ast.parse(path.read_text(), str(path)))]
