@@ -4,19 +4,25 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install netcat test lint bench bench-quick report regress microbench soak speed clean
+.PHONY: install tools test lint bench bench-quick report regress microbench soak speed clean
 
-install: $(STAMP) netcat
+install: $(STAMP) tools
 
-# The tests drive every model with `nc -N`, as a person would try one.  As
-# root, a bare Debian machine gets netcat-openbsd; otherwise those tests are
-# skipped, and say why.
-netcat:
-	@command -v nc >/dev/null || if [ "$$(id -u)" = 0 ]; then \
+# The tests drive every model with `nc -N`, as a person would try one, and measure
+# socat as a server of any language.  As root, a bare Debian machine gets what is
+# missing of netcat-openbsd and socat in one apt-get call; otherwise the tests that
+# need them are skipped, and say why.
+tools:
+	@missing=""; \
+	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq netcat-openbsd >/dev/null; \
+			apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "make: no nc, and only root may install netcat-openbsd: tests/test_netcat.py skips"; \
+		echo "make: only root may install$$missing: tests/test_netcat.py and" \
+			"tests/test_custom_server.py's socat case skip"; \
 	fi
 
 # Re-install only when the dependency list changes.
