@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from bench.results import (
     resolve_run,
     write_results_atomic,
 )
-from servers.argtypes import positive_int
+from servers.argtypes import number_in, positive_int
 
 # What each side runs per repeat: every model serving 50 clients that offer 2,000
 # messages/s in all, open loop.  At a fixed offered rate the load generator is not the
@@ -76,6 +77,10 @@ REPEATS = 5  # 5 vs 5 is the fewest that reaches p < 0.01 (1/252) in a Mann-Whit
 # and judge.py leaves it out: measured again, at most this often, right after its run,
 # so that a busy machine costs time rather than repeats.
 RETRIES = 2
+# A busy spell can outlast those retries.  Once every repeat has run, what is still
+# invalid is measured again, both sides in turn, until none is or this many seconds
+# have passed (`--retry-budget`): a gate that could not measure exits 3, never 0.
+RETRY_BUDGET_S = 240.0
 STOP_GRACE = 20.0  # seconds an interrupted bench run has to stop its servers
 
 # (scenario, metric) pairs whose verdict fails the gate, chosen from their spread on
@@ -105,6 +110,12 @@ def apply_gate(comparison: Comparison) -> None:
     tried = [set(group_points(run, TRIAL_STATUSES)) for run in (comparison.base,
                                                                  comparison.new)]
     gated_scenarios = {scenario for scenario, _ in GATED}
+    # judge.py makes no cell for a point with no valid trial on either side: nothing
+    # to compare, and so nothing to fail.  For a gated point that is a gate that did
+    # not measure.
+    judged = {(c.scenario, c.model, c.protocol, c.x) for c in comparison.cells}
+    comparison.cells += [Cell(*key, STATUS, NA) for key in sorted(tried[0] & tried[1], key=str)
+                         if key[0] in gated_scenarios and key not in judged]
     for cell in comparison.cells:
         key = (cell.scenario, cell.model, cell.protocol, cell.x)
         if cell.metric == STATUS:
@@ -238,22 +249,43 @@ def _run(tree: Path, out: Path, runner: Runner, scenarios: list[str],
     return run
 
 
-def _revalidate(run: dict, tree: Path, out: Path, runner: Runner) -> None:
+def _invalid(run: dict) -> dict[str, set[str]]:
+    """{scenario: models} of RUN's invalid trials."""
+    invalid: dict[str, set[str]] = {}
+    for trial in run["trials"]:
+        if trial["status"] == "invalid":
+            invalid.setdefault(trial["scenario"], set()).add(trial["model"])
+    return invalid
+
+
+def _retry(run: dict, tree: Path, out: Path, runner: Runner) -> None:
     """Measure RUN's invalid points again, one run per scenario; keep the valid trials."""
-    for _ in range(RETRIES):
-        invalid: dict[str, set[str]] = {}
-        for trial in run["trials"]:
-            if trial["status"] == "invalid":
-                invalid.setdefault(trial["scenario"], set()).add(trial["model"])
-        for scenario, models in invalid.items():
-            again = _run(tree, out, runner, [scenario], sorted(models))
-            valid = {_point(t): t for t in again["trials"] if t["status"] == "ok"}
-            run["trials"] = [valid.pop(_point(t), t) if t["status"] == "invalid" else t
-                             for t in run["trials"]]
+    for scenario, models in _invalid(run).items():
+        again = _run(tree, out, runner, [scenario], sorted(models))
+        valid = {_point(t): t for t in again["trials"] if t["status"] == "ok"}
+        run["trials"] = [valid.pop(_point(t), t) if t["status"] == "invalid" else t
+                         for t in run["trials"]]
+
+
+def _top_up(runs: dict[str, list[dict]], trees: dict[str, Path], out: Path, runner: Runner,
+            deadline: float, say: Callable[[str], None]) -> None:
+    """Retry what is still invalid, repeat by repeat and side by side, until the deadline."""
+    while time.monotonic() < deadline:
+        pending = [(side, run) for repeat in zip(*runs.values(), strict=True)
+                   for side, run in zip(runs, repeat, strict=True) if _invalid(run)]
+        if not pending:
+            return
+        say(f"{len(pending)} runs still hold invalid trials: measuring them again")
+        for side, run in pending:
+            if time.monotonic() >= deadline:
+                break
+            _retry(run, trees[side], out / "runs" / side, runner)
+    say("retry budget spent: what is still invalid stays so")
 
 
 def measure(trees: dict[str, Path], out: Path, repeats: int, runner: Runner,
-            say: Callable[[str], None]) -> dict[str, dict]:
+            say: Callable[[str], None], retry_budget: float = RETRY_BUDGET_S
+            ) -> dict[str, dict]:
     """{side: merged run} of REPEATS runs per side, alternating which side goes first."""
     runs: dict[str, list[dict]] = {side: [] for side in trees}
     stamp = new_run_id("regress")
@@ -261,11 +293,13 @@ def measure(trees: dict[str, Path], out: Path, repeats: int, runner: Runner,
         order = list(trees) if repeat % 2 == 0 else list(reversed(trees))
         for side in order:
             run = _run(trees[side], out / "runs" / side, runner, list(SCENARIOS))
-            _revalidate(run, trees[side], out / "runs" / side, runner)
+            for _ in range(RETRIES):
+                _retry(run, trees[side], out / "runs" / side, runner)
             lost = sum(t["status"] != "ok" for t in run["trials"])
             say(f"repeat {repeat + 1}/{repeats} {side}: {len(run['trials'])} trials, "
                 f"{lost} not ok ({run['run_id']})")
             runs[side].append(run)
+    _top_up(runs, trees, out, runner, time.monotonic() + retry_budget, say)
     merged = {side: merge(side_runs, f"{stamp}-{side}") for side, side_runs in runs.items()}
     for run in merged.values():
         write_results_atomic(out / run["run_id"] / "results.json", run)
@@ -287,6 +321,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="judge against this stored run instead of measuring a base")
     parser.add_argument("--repeats", type=positive_int, default=REPEATS,
                         help=f"runs per side (default: {REPEATS})")
+    parser.add_argument("--retry-budget", type=number_in(float, 0, 3600), default=RETRY_BUDGET_S,
+                        metavar="SECONDS",
+                        help="once every repeat has run, measure again for at most this "
+                             "long what a busy machine left invalid (default: "
+                             f"{RETRY_BUDGET_S:g})")
     parser.add_argument("--out", default="results/regress", metavar="DIR",
                         help="where the runs and the merged base and head go; DIR/latest "
                              "is the head (default: results/regress)")
@@ -312,12 +351,13 @@ def regress(args: argparse.Namespace, runner: Runner = bench_run, repo: Path = R
     try:
         if args.baseline:
             base = load_results(args.baseline)
-            new = measure({"head": repo}, out, args.repeats, runner, say)["head"]
+            new = measure({"head": repo}, out, args.repeats, runner, say,
+                          args.retry_budget)["head"]
         else:
             with worktree(repo, args.base) as tree:
                 say(f"base {args.base} checked out in {tree}")
                 sides = measure({"base": tree, "head": repo}, out, args.repeats, runner,
-                                say)
+                                say, args.retry_budget)
             base, new = sides["base"], sides["head"]
         comparison = compare.judge_with(args, base, new)
         apply_gate(comparison)

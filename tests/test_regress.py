@@ -167,7 +167,7 @@ def test_a_point_invalid_every_time_stays_invalid_after_the_retries(tmp_path, re
     runs = [_one_trial(fake.healthy_run(repeats=1, seed=s), "echo_clients", "thread",
                        status="invalid") for s in range(2, 2 + 1 + regress.RETRIES)]
     runner = FakeRunner({repo: runs})
-    args = _args(tmp_path, "--baseline", str(baseline), "--repeats", "1")
+    args = _args(tmp_path, "--baseline", str(baseline), "--repeats", "1", "--retry-budget", "0")
     regress.regress(args, runner, repo)
     assert len(runner.calls) == 1 + regress.RETRIES
     head = load_results(next((tmp_path / "out").glob("*-head")))
@@ -184,10 +184,10 @@ def gated_echo_cpu(monkeypatch):
     monkeypatch.setattr(regress, "GATED", frozenset({("echo_clients", "cpu_per_msg_us")}))
 
 
-def _judge(tmp_path, repo, head_runs: list[dict], capsys) -> tuple[int, dict]:
+def _judge(tmp_path, repo, head_runs: list[dict], capsys, *argv: str) -> tuple[int, dict]:
     runner = FakeRunner({repo: head_runs})
     junit = tmp_path / "ci" / "junit.xml"
-    status = regress.regress(_args(tmp_path, "--repeats", "5", "--junit", str(junit)),
+    status = regress.regress(_args(tmp_path, "--repeats", "5", "--junit", str(junit), *argv),
                              runner, repo)
     report = json.loads(capsys.readouterr().out)
     assert report["reference"] is None  # both sides ran here, interleaved: raw values
@@ -225,7 +225,7 @@ def test_a_gated_point_left_with_no_valid_trial_is_untested_not_passed(tmp_path,
     runs = [_one_trial(fake.healthy_run(repeats=1, seed=s), "echo_clients", "thread",
                        status="invalid", reason="load generator fell behind")
             for s in range(5 * (1 + regress.RETRIES))]
-    status, report = _judge(tmp_path, repo, runs, capsys)
+    status, report = _judge(tmp_path, repo, runs, capsys, "--retry-budget", "0")
     assert status == report["exit_status"] == 3
     untested = [(c["model"], c["metric"]) for c in report["cells"] if c["verdict"] == "untested"]
     assert untested == [("thread", "status")]
@@ -242,11 +242,55 @@ def test_a_gated_metric_with_too_few_valid_repeats_is_untested(tmp_path, repo, c
     for repeat in range(5):
         queue += ([thread_invalid(repeat)] * (1 + regress.RETRIES) if repeat < 3
                   else [fake.healthy_run(repeats=1, seed=repeat)])
-    status, report = _judge(tmp_path, repo, queue, capsys)
+    status, report = _judge(tmp_path, repo, queue, capsys, "--retry-budget", "0")
     assert status == 3
     cell = next(c for c in report["cells"] if c["model"] == "thread"
                 and c["metric"] == "cpu_per_msg_us" and c["scenario"] == "echo_clients")
     assert cell["verdict"] == "untested" and (cell["n_base"], cell["n_new"]) == (5, 2)
+
+
+def test_a_busy_spell_past_the_retries_is_measured_again_at_the_end(tmp_path, repo, capsys,
+                                                                    gated_echo_cpu):
+    # The head's first three repeats and their retries all invalid for thread; by the end
+    # the machine is quiet again (the fake runner's later runs are healthy).
+    queue = [_one_trial(fake.healthy_run(repeats=1, seed=s), "echo_clients", "thread",
+                        status="invalid") for s in range(1 + regress.RETRIES)] * 3
+    queue += [fake.healthy_run(repeats=1, seed=s) for s in (10, 11)]
+    status, report = _judge(tmp_path, repo, queue, capsys)
+    assert status == report["exit_status"] == 0
+    cell = next(c for c in report["cells"] if c["model"] == "thread"
+                and c["metric"] == "cpu_per_msg_us" and c["scenario"] == "echo_clients")
+    assert (cell["n_base"], cell["n_new"]) == (5, 5)
+    head = load_results(next((tmp_path / "out").glob("*-head")))
+    assert sorted(t["repeat"] for t in head["trials"] if t["model"] == "thread"
+                  and t["scenario"] == "echo_clients") == [0, 1, 2, 3, 4]
+
+
+def test_the_retry_budget_bounds_the_measuring_again(tmp_path, repo, capsys, gated_echo_cpu,
+                                                     monkeypatch):
+    # Invalid every time: the top-up stops once the budget is spent, and says so.
+    def always_invalid(tree: Path, out: Path, argv: list[str]) -> Path:
+        calls.append(tree)
+        results = _one_trial(fake.healthy_run(repeats=1, seed=len(calls)), "echo_clients",
+                             "thread", status="invalid")
+        results["environment"]["git_commit"] = _git(tree, "rev-parse", "HEAD")
+        clock[0] += 30.0  # each bench run takes half a minute
+        return fake.write(results, out / f"run{len(calls)}")
+
+    calls: list[Path] = []
+    clock = [0.0]
+    monkeypatch.setattr(regress.time, "monotonic", lambda: clock[0])
+    status = regress.regress(_args(tmp_path, "--repeats", "5", "--retry-budget", "100"),
+                             always_invalid, repo)
+    assert status == 3
+    first_pass = 2 * 5 * (1 + regress.RETRIES)  # both sides, every repeat and its retries
+    assert first_pass < len(calls) <= first_pass + 100 / 30 + 1
+    out, err = capsys.readouterr()
+    assert "retry budget spent" in err
+    # Invalid on both sides, judge.py has nothing to compare: the gate says it did not test.
+    untested = [(c["scenario"], c["model"], c["metric"]) for c in json.loads(out)["cells"]
+                if c["verdict"] == "untested"]
+    assert untested == [("echo_clients", "thread", "status")]
 
 
 def test_a_stored_baseline_is_judged_without_a_worktree(tmp_path, repo, capsys,
