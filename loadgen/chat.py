@@ -72,7 +72,7 @@ class ChatWorker(Worker):
     def send_line(self, c: ChatConn, now: int) -> None:
         line = chat_line(c.cid, c.seq, now, self.plan.size)
         c.seq += 1
-        if self.ws <= now < self.we:
+        if self.window_start <= now < self.window_end:
             self.tally.sent += 1
         self.write(c, line)
 
@@ -109,7 +109,7 @@ class ChatWorker(Worker):
 
     def run(self, go: Go) -> None:
         plan, window = self.plan, go.window
-        self.ws, self.we = ws, we = window
+        self.window_start, self.window_end = ws, we = window
         clock = time.perf_counter_ns
         size, tally, record = plan.size, self.tally, self.latency.append
         closed = plan.rate is None
@@ -148,7 +148,7 @@ class ChatWorker(Worker):
                 if c is None:
                     if fd == chan_fd:
                         self.hear(phases)
-                        we = self.we
+                        we = self.window_end
                     elif timer is not None and fd == timer.fd:
                         timer.clear()
                     continue

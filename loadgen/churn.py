@@ -52,7 +52,7 @@ class ChurnWorker(Worker):
         self.timeout_ns = int(plan.connect_timeout * 1e9)
 
     def in_window(self, s: Slot) -> bool:
-        return self.ws <= s.started < self.we
+        return self.window_start <= s.started < self.window_end
 
     def begin(self, s: Slot, now: int) -> None:
         sources = self.plan.sources
@@ -119,7 +119,7 @@ class ChurnWorker(Worker):
             self.begin(s, now)
 
     def run(self, go: Go) -> None:
-        self.ws, self.we = go.window
+        self.window_start, self.window_end = go.window
         clock = time.perf_counter_ns
         sleep_until(go.t0)
         now = clock()

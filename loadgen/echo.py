@@ -111,7 +111,7 @@ class EchoWorker(Worker):
         seq = c.seq
         c.seq = seq + 1
         frame = c.pattern.frame(seq)
-        counted = self.ws <= due < self.we
+        counted = self.window_start <= due < self.window_end
         c.inflight.append((seq, frame, due, now, counted))
         if counted:
             self.tally.sent += 1
@@ -126,20 +126,20 @@ class EchoWorker(Worker):
 
     def send_due(self, c: EchoConn, due: int, now: int, free: bool) -> None:
         """Send the message due at `due`; schedule the connection's next one."""
-        if self.ws <= due < self.we:
+        if self.window_start <= due < self.window_end:
             self.lag.note(now - due, free)
         self.send(c, due, now)
         nxt = c.arrivals.advance()
-        if nxt < self.we:
+        if nxt < self.window_end:
             heapq.heappush(self.heap, (nxt, c.cid))
 
     def stop_sending(self) -> None:
         """Open loop: drop what a window cut short (Ctrl-C) no longer holds."""
-        we = self.we
-        self.heap[:] = [item for item in self.heap if item[0] < we]
+        window_end = self.window_end
+        self.heap[:] = [item for item in self.heap if item[0] < window_end]
         heapq.heapify(self.heap)
         for c in self.active:
-            if c.waiting is not None and c.waiting >= we:
+            if c.waiting is not None and c.waiting >= window_end:
                 c.waiting = None
 
     def fire(self, now: int) -> None:
@@ -180,7 +180,7 @@ class EchoWorker(Worker):
         return [buf[i:i + size] for i in range(0, whole, size)]
 
     def run(self, go: Go) -> None:
-        self.ws, self.we = go.window
+        self.window_start, self.window_end = go.window
         plan, open_loop = self.plan, self.open_loop
         clock = time.perf_counter_ns
         timer = Timer() if open_loop else None

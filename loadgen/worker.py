@@ -149,7 +149,7 @@ class Phases:
             return
         self.marks[-2], self.marks[-1] = end, end + self.drain_ns
         self.next = self.marks[0]
-        self.worker.we = end
+        self.worker.window_end = end
 
     def timeout(self, now: int) -> float:
         """Seconds until the next mark, for epoll."""
@@ -172,7 +172,7 @@ class Worker:
         self.service = new_samples()
         # The measurement window (ns), set by run(); until then empty, so that
         # nothing sent while preparing (chat's join lines) falls inside it.
-        self.ws = self.we = 0
+        self.window_start = self.window_end = 0
         self.cpu_window_ns = 0
         self._cpu_mark = 0
 

@@ -215,7 +215,7 @@ class MarkLog:
     """What a worker hears from its Phases, written down."""
 
     def __init__(self) -> None:
-        self.we: int | None = None
+        self.window_end: int | None = None
         self.calls: list[str] = []
 
     def cpu_mark(self) -> None:
@@ -235,7 +235,7 @@ def test_a_cut_moves_the_window_end_and_the_drain_with_it() -> None:
     phases.cut(now + 3 * S)  # heard before the window opened: only its end moves
     assert phases.next == now + S
     assert list(phases.marks) == [now + S, now + 3 * S, now + 5 * S]
-    assert log.we == now + 3 * S
+    assert log.window_end == now + 3 * S
     assert not phases.inside
     assert phases.advance(now + S) and phases.sending and log.calls == ["cpu"]
     assert phases.inside  # what the closed loop sends from here on is counted
@@ -250,12 +250,13 @@ def test_a_cut_never_shortens_the_window_below_now_nor_lengthens_it() -> None:
     phases = Phases(log, Window(now - S, now + 10 * S), drain_s=1)
     phases.advance(now)
     phases.cut(now + 20 * S)  # past the planned end: the window stays as it was
-    assert (list(phases.marks), log.we) == ([now + 10 * S, now + 11 * S], None)
+    assert (list(phases.marks), log.window_end) == ([now + 10 * S, now + 11 * S], None)
     # An end already gone by when the cut is heard: messages were counted
     # against the window until now, so it may end no earlier than now.
     phases.cut(now - S // 2)
-    assert now <= log.we <= time.perf_counter_ns()
-    assert list(phases.marks) == [log.we, log.we + S] and phases.next == log.we
+    assert now <= log.window_end <= time.perf_counter_ns()
+    end = log.window_end
+    assert list(phases.marks) == [end, end + S] and phases.next == end
 
 
 def test_a_cut_after_the_window_closed_changes_nothing() -> None:
@@ -266,4 +267,4 @@ def test_a_cut_after_the_window_closed_changes_nothing() -> None:
     phases.advance(now)
     assert not phases.sending
     phases.cut(now)
-    assert (list(phases.marks), phases.next, log.we) == ([now + 4 * S], now + 4 * S, None)
+    assert (list(phases.marks), phases.next, log.window_end) == ([now + 4 * S], now + 4 * S, None)
