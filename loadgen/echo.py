@@ -10,6 +10,10 @@ omission); service time is measured from the actual send.  Lateness caused by
 the generator itself (the connection was free but the loop was late) is kept
 apart from lateness caused by waiting for the server: the former makes a run
 invalid, the latter is what is being measured.
+
+Each has a loop of its own, `run_closed` and `run_open`, with the per-message
+work written in line: there a function call costs more than the rest of the
+loop.  What is done once per run is shared.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import time
 from collections import deque
 
 from loadgen.integrity import (
+    COUNTED,
+    DUE,
+    FRAME,
+    SENT,
     Pattern,
     Unsolicited,
     count_unanswered,
@@ -107,7 +115,7 @@ class EchoWorker(Worker):
 
     # -- open-loop sending -------------------------------------------------------
     def send(self, c: EchoConn, due: int, now: int) -> None:
-        """One message due at `due` (the closed loop sends in line, in run())."""
+        """One message due at `due` (the closed loop sends in line, in run_closed())."""
         seq = c.seq
         c.seq = seq + 1
         frame = c.pattern.frame(seq)
@@ -143,6 +151,7 @@ class EchoWorker(Worker):
                 c.waiting = None
 
     def fire(self, now: int) -> None:
+        """Send every message due by `now`, or hold it back on a connection at depth."""
         heap, depth = self.heap, self.plan.depth
         while heap and heap[0][0] <= now:
             due, cid = heapq.heappop(heap)
@@ -161,54 +170,72 @@ class EchoWorker(Worker):
             self.send_due(c, due, time.perf_counter_ns(), free=False)
 
     # -- receiving --------------------------------------------------------------
-    def settle(self, c: EchoConn, frame: bytes) -> tuple | None:
-        """The in-flight entry a (split) frame answers, or None (damaged, duplicate...)."""
-        inflight = c.inflight
-        if inflight and frame == inflight[0][1]:
-            return inflight.popleft()
-        try:
-            return settle_mismatch(frame, c.pattern, inflight, c.missing, self.tally)
-        except Unsolicited:
-            self.fail("unsolicited data")
-            return None
+    def receive_unusual(self, c: EchoConn, data: bytes, seen: int) -> int:
+        """Data that is not exactly the next frame: part of one, several, or a mismatch.
 
-    def split(self, c: EchoConn, data: bytes) -> list[bytes]:
-        size = self.plan.size
+        Records each window message it answers, as the loops do in line for
+        the usual case, and returns how many there were.
+        """
+        size, inflight = self.plan.size, c.inflight
         buf = c.buf + data
         whole = len(buf) - len(buf) % size
         c.buf = buf[whole:]
-        return [buf[i:i + size] for i in range(0, whole, size)]
+        received = 0
+        for i in range(0, whole, size):
+            frame = buf[i:i + size]
+            if inflight and frame == inflight[0][FRAME]:
+                entry = inflight.popleft()
+            else:
+                try:
+                    entry = settle_mismatch(frame, c.pattern, inflight, c.missing, self.tally)
+                except Unsolicited:
+                    self.fail("unsolicited data")
+                    continue
+            if entry is not None and entry[COUNTED]:
+                received += 1
+                self.latency.append(seen - entry[DUE])
+                if self.open_loop:
+                    self.service.append(seen - entry[SENT])
+        return received
 
+    # -- the loops --------------------------------------------------------------
     def run(self, go: Go) -> None:
+        """The closed or the open loop until the drain ends, then the run's accounting."""
         self.window_start, self.window_end = go.window
-        plan, open_loop = self.plan, self.open_loop
-        clock = time.perf_counter_ns
-        timer = Timer() if open_loop else None
+        if self.open_loop:
+            received, sent = self.run_open(go)
+        else:
+            received, sent = self.run_closed(go)
+        self.account(received, sent)
+
+    def begin(self, go: Go) -> Phases:
+        """The marks the loop passes from now on, the first of them checked now."""
+        phases = Phases(self, go.window, self.plan.drain_s)
+        phases.advance(time.perf_counter_ns())
+        return phases
+
+    def run_closed(self, go: Go) -> tuple[int, int]:
+        """Keep `depth` messages in flight on every active connection until the drain
+        ends; (received, sent) of the window, not yet in the tally."""
         sleep_until(go.t0)
-        if timer is not None:
-            self.schedule_first(go.t0)
-            self.ep.register(timer.fd, IN)
-        # Closed loop: connections with a free slot, refilled once the round
-        # of replies is read -- at first, every one.
-        refills = [] if open_loop else list(self.active)
+        # Connections with a free slot, refilled once the round of replies is
+        # read -- at first, every one.
+        refills = list(self.active)
         events: list[tuple[int, int]] = []
-        conns, poll, tally = self.conns, self.ep.poll, self.tally
-        size, depth = plan.size, plan.depth
-        heap, armed = self.heap, 0
-        record, serve = self.latency.append, self.service.append
+        conns, poll, clock = self.conns, self.ep.poll, time.perf_counter_ns
+        size, depth = self.plan.size, self.plan.depth
+        record_latency = self.latency.append
         pack = frame_packer(size)
         bufsize = min(RECV_SIZE, size * depth)
-        phases = Phases(self, go.window, plan.drain_s)
         chan_fd = self.chan.fileno()
-        refill = not open_loop
+        # The in-flight tuple's slots, as locals: as cheap to index by as literals.
+        frame_slot, due_slot, counted_slot = FRAME, DUE, COUNTED
         received = sent = 0  # locals on the hot path; added to the tally at the end
-        # Replies are stamped when epoll_wait reports them: each was in its
-        # socket by then, and the time this loop then spends reading the ones
-        # before it is the generator's, not the server's.
-        seen = clock()
-        # Closed loop: whether what goes out now is one of the window's
-        # messages -- the loop's view, which changes as it passes the marks.
-        phases.advance(seen)
+        seen = 0  # when epoll_wait last returned: see below
+        sending = True
+        phases = self.begin(go)
+        # Whether what goes out now is one of the window's messages -- the
+        # loop's view, which changes as it passes the marks.
         counted = phases.inside
         while True:
             for fd, ev in events:
@@ -216,7 +243,104 @@ class EchoWorker(Worker):
                 if c is None:
                     if fd == chan_fd:
                         self.hear(phases)
-                    elif timer is not None and fd == timer.fd:
+                    continue
+                if ev & OUT:
+                    self.flush(c)
+                try:
+                    data = c.recv(bufsize)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self.drop(c, exc)
+                    continue
+                if not data:
+                    self.drop(c, "EOF")
+                    continue
+                inflight = c.inflight
+                if not c.buf and inflight and data == inflight[0][frame_slot]:
+                    # The usual case: exactly the next frame, intact, which
+                    # frees a slot of this (active) connection.
+                    entry = inflight.popleft()
+                    if entry[counted_slot]:
+                        received += 1
+                        record_latency(seen - entry[due_slot])
+                else:
+                    received += self.receive_unusual(c, data, seen)
+                    if not c.active or len(inflight) >= depth:
+                        continue
+                if sending:
+                    refills.append(c)
+            # The round's next messages go out back to back, after its replies
+            # are read: the server, woken by the first, finds the others
+            # already there instead of sleeping again between them (about a
+            # tenth more round trips a second against the C server).  Each is
+            # stamped as it goes, so the wait is not counted as latency.
+            for c in refills:
+                inflight = c.inflight
+                while len(inflight) < depth:
+                    now = clock()
+                    seq = c.seq
+                    c.seq = seq + 1
+                    frame = pack(seq, seq ^ c.key, c.body)
+                    inflight.append((seq, frame, now, now, counted))  # as integrity.Pending
+                    if counted:
+                        sent += 1
+                    if c.out:
+                        c.out += frame
+                        continue
+                    try:
+                        taken = c.send(frame)
+                    except BlockingIOError:
+                        taken = 0
+                    except OSError as exc:
+                        self.drop(c, exc)
+                        break
+                    if taken != size:
+                        c.out = frame[taken:]
+                        self.ep.modify(c.fd, IN | OUT)
+            refills.clear()
+            now = clock()
+            if now >= phases.next:
+                if not phases.advance(now):
+                    break
+                sending = phases.sending
+                counted = phases.inside
+            if not phases.sending and not any(c.inflight for c in self.active if c.alive):
+                break
+            events = poll(phases.timeout(now))
+            # Replies are stamped when epoll_wait reports them: each was in
+            # its socket by then, and the time this loop then spends reading
+            # the ones before it is the generator's, not the server's.
+            seen = clock()
+        return received, sent
+
+    def run_open(self, go: Go) -> tuple[int, int]:
+        """Send on the schedule until the drain ends; (received, 0) of the window: its
+        sends are in the tally already."""
+        timer = Timer()
+        sleep_until(go.t0)
+        self.schedule_first(go.t0)
+        self.ep.register(timer.fd, IN)
+        events: list[tuple[int, int]] = []
+        conns, poll, clock = self.conns, self.ep.poll, time.perf_counter_ns
+        size, depth = self.plan.size, self.plan.depth
+        record_latency, record_service = self.latency.append, self.service.append
+        bufsize = min(RECV_SIZE, size * depth)
+        chan_fd, timer_fd = self.chan.fileno(), timer.fd
+        heap = self.heap
+        armed = 0  # the due time the timer is set for; 0 once it has fired
+        # The in-flight tuple's slots, as locals: as cheap to index by as literals.
+        frame_slot, due_slot, sent_slot, counted_slot = FRAME, DUE, SENT, COUNTED
+        received = 0  # a local on the hot path; added to the tally at the end
+        seen = 0  # when epoll_wait last returned, as in run_closed
+        phases = self.begin(go)
+        while True:
+            for fd, ev in events:
+                c = conns.get(fd)
+                if c is None:
+                    if fd == chan_fd:
+                        self.hear(phases)
+                    elif fd == timer_fd:
                         timer.clear()
                         armed = 0
                     continue
@@ -233,66 +357,21 @@ class EchoWorker(Worker):
                     self.drop(c, "EOF")
                     continue
                 inflight = c.inflight
-                if not c.buf and inflight and data == inflight[0][1]:
-                    # The usual case: exactly the next frame, intact, which
-                    # frees a slot of this (active) connection.
+                if not c.buf and inflight and data == inflight[0][frame_slot]:
                     entry = inflight.popleft()
-                    if entry[4]:
+                    if entry[counted_slot]:
                         received += 1
-                        record(seen - entry[2])
-                        if open_loop:
-                            serve(seen - entry[3])
+                        record_latency(seen - entry[due_slot])
+                        record_service(seen - entry[sent_slot])
                 else:
-                    for frame in self.split(c, data):
-                        entry = self.settle(c, frame)
-                        if entry is not None and entry[4]:
-                            received += 1
-                            record(seen - entry[2])
-                            if open_loop:
-                                serve(seen - entry[3])
+                    received += self.receive_unusual(c, data, seen)
                     if not c.active or len(inflight) >= depth:
                         continue
-                if open_loop:
-                    self.release(c)
-                elif refill:
-                    refills.append(c)
-            # The round's next messages go out back to back, after its replies
-            # are read: the server, woken by the first, finds the others
-            # already there instead of sleeping again between them (about a
-            # tenth more round trips a second against the C server).  Each is
-            # stamped as it goes, so the wait is not counted as latency.
-            for c in refills:
-                inflight = c.inflight
-                while len(inflight) < depth:
-                    # In line: a call per message costs more than the rest of the loop.
-                    t = clock()
-                    seq = c.seq
-                    c.seq = seq + 1
-                    frame = pack(seq, seq ^ c.key, c.body)
-                    inflight.append((seq, frame, t, t, counted))
-                    if counted:
-                        sent += 1
-                    if c.out:
-                        c.out += frame
-                        continue
-                    try:
-                        n = c.send(frame)
-                    except BlockingIOError:
-                        n = 0
-                    except OSError as exc:
-                        self.drop(c, exc)
-                        break
-                    if n != size:
-                        c.out = frame[n:]
-                        self.ep.modify(c.fd, IN | OUT)
-            refills.clear()
+                self.release(c)
             now = clock()
-            if now >= phases.next:
-                if not phases.advance(now):
-                    break
-                refill = phases.sending and not open_loop
-                counted = phases.inside
-            # Open loop keeps sending what was due inside the window while it
+            if now >= phases.next and not phases.advance(now):
+                break
+            # What was due inside the window still goes out while the loop
             # drains: a held-back message is exactly what response time is about.
             if not phases.sending and not heap and not any(
                     c.inflight or c.waiting is not None for c in self.active if c.alive):
@@ -305,11 +384,16 @@ class EchoWorker(Worker):
                     timer.arm(armed)
             events = poll(phases.timeout(now))
             seen = clock()
-        if timer is not None:
-            timer.close()
+        timer.close()
+        return received, 0
+
+    def account(self, received: int, sent: int) -> None:
+        """After the drain: the loop's counts into the tally; what never went out or
+        came back, counted; the sockets closed."""
+        tally = self.tally
         tally.received += received
         tally.sent += sent
-        unsent = sum(self.by_cid[cid].alive for _, cid in heap) + sum(
+        unsent = sum(self.by_cid[cid].alive for _, cid in self.heap) + sum(
             c.waiting is not None for c in self.all if c.alive)
         if unsent:
             self.errors["unsent at drain end"] += unsent
