@@ -238,6 +238,9 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
         if trial["status"] not in TRIAL_STATUSES:
             raise ResultsError(f"{where}: unknown status {trial['status']!r}")
         _check_trial(trial, where)
+        x = data["scenarios"].get(trial["scenario"], {}).get("x")
+        if x is not None and x not in trial["point"]:
+            raise ResultsError(f"{where}, point: no {x!r}, the x of {trial['scenario']!r}")
     return data
 
 

@@ -277,6 +277,12 @@ CORRUPTIONS = {
                                 "scenario 'idle': 'x' must be str"),
     # A point parameter is a number; as an x value a string broke the plots.
     "trial point value is a string": (_point0("100"), "trial 0, point: 'clients' must be"),
+    # The plots read each point at its scenario's x; without it the report crashed.
+    "trial point lacks its scenario's x": (lambda d: d["trials"][0]["point"].pop("clients"),
+                                           "trial 0, point: no 'clients', the x of 'idle'"),
+    "scenario x names no point parameter": (
+        lambda d: d["scenarios"]["idle"].__setitem__("x", "nope"),
+        "point: no 'nope', the x of 'idle'"),
 }
 
 
