@@ -48,7 +48,7 @@ warmup -- the generator's load began, and the memory figures begin there --, sta
 end, load_end, stopped) and, in ``"server"``,
 ``pss_baseline_bytes`` and ``pss_anon_baseline_bytes`` (before any client connected),
 ``pss_anon_mean_bytes`` (the PSS of anonymous pages, from which ``derived.pss_per_conn_bytes``
-is computed; see bench/sampler.py) and ``window`` ("loadgen":
+is computed; see bench/sample/sampler.py) and ``window`` ("loadgen":
 CPU between the generator's window lines; "process": around its whole run) and
 ``sampler_cpu_s`` (the sampler's own CPU over the trial, spent beside the generator).
 The environment adds ``skipped_models`` ({model: why}), ``cpu_accounting`` and
@@ -262,7 +262,7 @@ WINDOW_TYPES: Types = dict.fromkeys(
 TRIAL_TABLES: tuple[tuple[tuple[str, ...], Types], ...] = (
     ((), TRIAL_TYPES), (("client",), CLIENT_TYPES), (("client", "window"), WINDOW_TYPES))
 # A scenario's x names the point parameter its trials are grouped and plotted by;
-# every point parameter is a number (bench/scenarios.py), and the x value is part
+# every point parameter is a number (bench/run/scenarios.py), and the x value is part
 # of a dict key (group_points): a list or an object in either place is damage.
 SCENARIO_TYPES: Types = {"x": (str,)}
 POINT_VALUE = NUMBER

@@ -2,7 +2,7 @@
 
 Each benchmark pins the side it measures to one CPU and the other side to
 another, runs fresh processes, and kills every process group it started.
-Processes are started and stopped through bench/procs.py, as the harness's
+Processes are started and stopped through muxbench/procs.py, as the harness's
 are: each in a session of its own, each killed by the kernel if the script
 itself is killed.
 """
@@ -25,10 +25,10 @@ READY_TIMEOUT = 15.0  # seconds a server has to say where it listens
 FLOOR = ROOT / "benchmarks" / "floor"  # the smallest Python programs doing the C ones' syscalls
 sys.path.insert(0, str(ROOT))
 
-from bench import procs  # noqa: E402
 from loadgen.integrity import ECHO_MIN_SIZE  # noqa: E402
 from loadgen.native import echo_client_command  # noqa: E402
-from servers.argtypes import number_in  # noqa: E402
+from muxbench import procs  # noqa: E402
+from muxbench.argtypes import number_in  # noqa: E402
 from servers.reference import reference_server_command  # noqa: E402
 
 T = TypeVar("T")
@@ -139,7 +139,7 @@ def start_server(cmd: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
 
     In a session of its own the terminal's Ctrl-C never reaches the server:
     stopping it is ours alone.  A Ctrl-C that lands before `try` leaves it to
-    run_main(), whose kill_all() finds it registered (bench/procs.py).
+    run_main(), whose kill_all() finds it registered (muxbench/procs.py).
     """
     proc = procs.spawn([*cmd, "--port", "0"], cpus=[cpu], stdout=subprocess.PIPE, text=True)
     try:

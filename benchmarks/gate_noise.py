@@ -4,7 +4,7 @@ Runs `muxbench regress --base HEAD` (HEAD against HEAD: the same code on both
 sides) N times, or reads the merged runs earlier gate runs left behind, and
 prints, per (scenario, metric), the worst ratio NEW/BASE over every model and
 run -- raw and normalised by epoll -- and how many cells a gate would have
-failed.  A pair belongs in bench/regress.py's GATED only when its worst ratio
+failed.  A pair belongs in bench/gate/regress.py's GATED only when its worst ratio
 stays well inside the gate's threshold (1.25x).
 
 usage: python benchmarks/gate_noise.py [--runs 3] [--out results/gate-noise] [DIR ...]
@@ -26,12 +26,13 @@ from pathlib import Path
 # benchmarks/ is sys.path[0] when a benchmark runs as a script.
 from common import ROOT, run_main
 
-# Importable once common has put the project on sys.path.
-from bench import procs
-from bench.judge import NA, REFERENCE, REGRESSION, TOO_FEW, UNTESTED, compare_runs
-from bench.regress import GATED, STOP_GRACE
+from bench.gate.judge import NA, REFERENCE, REGRESSION, TOO_FEW, UNTESTED, compare_runs
+from bench.gate.regress import GATED, STOP_GRACE
 from bench.results import ResultsError, load_results
-from servers.argtypes import positive_int
+
+# Importable once common has put the project on sys.path.
+from muxbench import procs
+from muxbench.argtypes import positive_int
 
 # A gate told to stop first gives its bench run STOP_GRACE to stop, then removes a worktree.
 GATE_STOP_GRACE = STOP_GRACE + 10.0
@@ -68,7 +69,7 @@ def gate_runs(count: int, out: Path) -> None:
     for i in range(count):
         print(f"gate_noise: unchanged run {i + 1}/{count} (HEAD against HEAD)", flush=True)
         # Exit 1 or 3 is a finding here, not a failure: only "measured nothing" stops us.
-        gate = procs.spawn([sys.executable, "-m", "bench.regress", "--base", "HEAD",
+        gate = procs.spawn([sys.executable, "-m", "bench.gate.regress", "--base", "HEAD",
                             "--out", str(out), "--json"], cwd=ROOT, stdout=subprocess.DEVNULL)
         try:
             status = gate.wait()

@@ -43,7 +43,7 @@ from common import (
 )
 
 # Importable once common has put the project on sys.path.
-from bench import procs
+from muxbench import procs
 
 TARGET = 0.8
 
@@ -62,7 +62,7 @@ def run_client(cmd: list[str], port: int, args: argparse.Namespace,
 def run_muxbench(port: int, args: argparse.Namespace, cpu: int) -> tuple[float, float]:
     """(round trips/s, CPU µs per round trip inside the window) of muxbench load."""
     out = procs.run(
-        [sys.executable, "-m", "bench.cli", "load", "--port", str(port), "--workload", "echo",
+        [sys.executable, "-m", "muxbench.cli", "load", "--port", str(port), "--workload", "echo",
          "--clients", str(args.conns), "--size", str(args.size), "--duration",
          str(args.duration), "--warmup", "1", "--procs", "1", "--cpus", str(cpu), "--json"],
         cpus=[cpu], timeout=args.duration + 60, cwd=ROOT, stdout=subprocess.PIPE,

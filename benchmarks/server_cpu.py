@@ -42,7 +42,7 @@ from common import (
 )
 
 # Importable once common has put the project on sys.path.
-from bench import procs
+from muxbench import procs
 from servers.models import MODELS
 
 TARGET = 1.3
@@ -107,7 +107,7 @@ def main() -> int:
     worst = 0.0
     for model in models:
         servers = {"C": c_server, "floor": floor,
-                   model: [sys.executable, "-m", "bench.cli", "serve", model, "-q"]}
+                   model: [sys.executable, "-m", "muxbench.cli", "serve", model, "-q"]}
         rounds: list[dict[str, Cost]] = []
         for got in interleaved(
                 servers, args.pairs, lambda cmd: trial(cmd, client, args, server_cpu, client_cpu)):

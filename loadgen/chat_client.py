@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 
-from servers.argtypes import number_in
+from muxbench.argtypes import number_in
 
 # How long to keep printing after we half-closed, waiting for the server to close.
 DRAIN_SECONDS = 3.0

@@ -31,7 +31,7 @@ import textwrap
 from loadgen import engine, summary
 from loadgen.integrity import CHAT_MIN_SIZE, ECHO_MIN_SIZE
 from loadgen.render import render
-from servers.argtypes import number_in
+from muxbench.argtypes import number_in
 from servers.net import is_loopback, raise_nofile_limit
 
 WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")

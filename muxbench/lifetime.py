@@ -27,7 +27,7 @@ The "parent" the kernel watches is the *thread* that forked: a child started
 from a helper thread is killed when that thread ends, while the process that
 started it goes on.  So a forked child must be forked by a thread that lives
 as long as its process (the load generator and the fork server fork from their
-main thread, and have no other); bench/procs.py starts every exec'd child from
+main thread, and have no other); muxbench/procs.py starts every exec'd child from
 one such thread.
 
 The signal reaches the process started, not the children it forks (fork

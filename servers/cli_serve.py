@@ -12,8 +12,8 @@ import argparse
 import logging
 import sys
 
+from muxbench.argtypes import number_in, positive_int
 from servers import shutdown
-from servers.argtypes import number_in, positive_int
 from servers.models import MODELS, Options
 from servers.net import ListenError, format_address, is_loopback, raise_nofile_limit, tcp_listen
 from servers.protocol import PROTOCOLS, Limits

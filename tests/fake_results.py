@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from bench.verdict import classify
+from bench.run.outcome import classify
 
 SCENARIOS = {
     "idle": {"title": "Idle clients", "x": "clients", "x_label": "idle clients",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 FIXTURE = Path(__file__).parent / "data" / "results-small.json"
-# What each scenario table shows in a cell, stated here independently of bench/measures.py.
+# What each scenario table shows in a cell, stated here independently of bench/report/measures.py.
 CELL_PATHS = {
     "cpu_vs_clients": ["server.cpu_util", "derived.cpu_per_msg_us"],
     "idle": ["server.cpu_util", "server.pss_peak_bytes"],

@@ -20,11 +20,11 @@ import pytest
 
 # Children start as the harness's do: in a session of their own, with SIGINT at its
 # default however pytest was started, and SIGKILLed if pytest itself dies.
-from bench.procs import kill_group, spawn
+from muxbench.procs import kill_group, spawn
 from servers.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
-MUXBENCH = [sys.executable, "-m", "bench.cli"]
+MUXBENCH = [sys.executable, "-m", "muxbench.cli"]
 
 
 def model_params(cases: Iterable[str | tuple]) -> list:
@@ -71,11 +71,11 @@ class ServerProcess:
 
 
 def stand_in_checkout(path: Path, cli: str) -> Path:
-    """A directory whose `python -m bench.cli` runs `cli`: a tree for the
+    """A directory whose `python -m muxbench.cli` runs `cli`: a tree for the
     regression gate to run `muxbench bench` from, without measuring anything."""
-    (path / "bench").mkdir(parents=True)
-    (path / "bench" / "__init__.py").write_text("")
-    (path / "bench" / "cli.py").write_text(cli)
+    (path / "muxbench").mkdir(parents=True)
+    (path / "muxbench" / "__init__.py").write_text("")
+    (path / "muxbench" / "cli.py").write_text(cli)
     return path
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from servers.argtypes import float_where, number_in, positive_int
+from muxbench.argtypes import float_where, number_in, positive_int
 
 
 @pytest.mark.parametrize("text, value", [("0", 0), ("65535", 65535), (" 80 ", 80)])

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.cgroup import CGROUP_ROOT, PREFIX
-from bench.cli import main
-from bench.judge import ExitStatus
+from bench.gate.judge import ExitStatus
 from bench.results import load_results, write_results_atomic
+from bench.sample.cgroup import CGROUP_ROOT, PREFIX
+from muxbench.cli import main
 from tests import fake_results as fake
 from tests.support import MUXBENCH, ROOT, process_tree, spawn, wait_for
 

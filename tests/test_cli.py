@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from bench.cli import COMMANDS
+from muxbench.cli import COMMANDS
 from tests.support import MUXBENCH, ROOT
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, judge
-from bench.cli import main
+from bench.gate import compare, judge
 from bench.results import load_results
+from muxbench.cli import main
 from tests import fake_results as fake
 from tests.support import MUXBENCH, ROOT
 
@@ -288,7 +288,7 @@ def test_help_explains_repeats_and_exit_status(capsys):
 # -- muxbench regress judges with this module: bad input is refused the same way ------
 
 def test_regress_without_a_baseline_exits_2(tmp_path, capsys):
-    from bench import regress
+    from bench.gate import regress
 
     assert regress.main(["--baseline", str(tmp_path / "none"), "--out",
                          str(tmp_path / "results")]) == 2

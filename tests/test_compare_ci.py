@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench import compare, procs
-from bench.cli import main
-from bench.judge import compare_runs
+from bench.gate import compare
+from bench.gate.judge import compare_runs
+from muxbench import procs
+from muxbench.cli import main
 from tests import fake_results as fake
 from tests.support import MUXBENCH, ROOT
 

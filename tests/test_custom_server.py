@@ -21,10 +21,10 @@ import pytest
 from matplotlib.colors import to_hex
 
 from bench import results as R
-from bench.environment import placement
-from bench.measures import COLOURS, colour, model_sort_key
-from bench.procs import group_members
-from bench.scenarios import REFERENCE, SCENARIOS
+from bench.report.measures import COLOURS, colour, model_sort_key
+from bench.run.scenarios import REFERENCE, SCENARIOS
+from bench.sample.environment import placement
+from muxbench.procs import group_members
 from servers.reference import reference_server_command
 from tests.support import MUXBENCH, ROOT
 

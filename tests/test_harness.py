@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 
 from bench import results as R
-from bench.cgroup import CGROUP_ROOT, PREFIX
-from bench.console import Display
-from bench.environment import damon_monitors, placement
-from bench.launch import CommandServer, Launched, TrialSpec
-from bench.procs import group_members
-from bench.runner import OVERLAP_MAX_TASKS, Runner
-from bench.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
-from bench.suite import available_models
-from bench.trial import others_note, run_trial
-from bench.verdict import classify
+from bench.run.console import Display
+from bench.run.launch import CommandServer, Launched, TrialSpec
+from bench.run.outcome import classify
+from bench.run.runner import OVERLAP_MAX_TASKS, Runner
+from bench.run.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
+from bench.run.suite import available_models
+from bench.run.trial import others_note, run_trial
+from bench.sample.cgroup import CGROUP_ROOT, PREFIX
+from bench.sample.environment import damon_monitors, placement
+from muxbench.procs import group_members
 from tests import fake_results
 from tests.support import MUXBENCH, ROOT, kill_group, process_tree, spawn, wait_for
 

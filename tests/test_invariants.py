@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from bench import invariants
+from bench.gate import invariants
 from bench.results import load_results
-from bench.sampler import TreeSampler
+from bench.sample.sampler import TreeSampler
 from tests import fake_results as fake
 from tests.support import ROOT, kill_group, read_line, serve
 
@@ -176,7 +176,7 @@ def test_cli_exit_status(tmp_path, healthy, capsys):
     assert invariants.main([str(renamed)]) == 1
     assert "FAIL polling_idle_cpu" in capsys.readouterr().out
     assert invariants.main([str(tmp_path / "missing")]) == 2
-    assert "bench.invariants:" in capsys.readouterr().err
+    assert "bench.gate.invariants:" in capsys.readouterr().err
 
 
 # -- a real spinning server, measured like any model, is caught ------------------------

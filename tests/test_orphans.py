@@ -193,16 +193,16 @@ def assert_none_left(tree: Tree) -> None:
 def trial_running(server: Callable[[list[Proc]], object]) -> Callable[[list[Proc]], bool]:
     """A trial is under way: its server (as `server` sees it) and a worker of
     its load generator (bench -> `muxbench load` -> worker) both exist."""
-    load = running("bench.cli load ")
+    load = running("muxbench.cli load ")
     return lambda procs: bool(server(procs)) and has_child(procs, load)
 
 
 BENCH_CASES = {
-    "epoll": trial_running(lambda procs: has(procs, running("bench.cli serve epoll "))),
+    "epoll": trial_running(lambda procs: has(procs, running("muxbench.cli serve epoll "))),
     # The C reference: a program that is not Python, started from its command line.
     "c-epoll": trial_running(lambda procs: has(procs, running("echo_epoll"))),
     # bench -> `muxbench serve fork` -> a child per client.
-    "fork": trial_running(lambda procs: has_child(procs, running("bench.cli serve fork "))),
+    "fork": trial_running(lambda procs: has_child(procs, running("muxbench.cli serve fork "))),
 }
 
 
@@ -258,7 +258,7 @@ def test_a_child_started_from_a_thread_outlives_the_thread_but_not_the_process(t
     # suite starts a trial's load generator from a helper thread that ends
     # first.  The child must outlive that thread, and not the process.
     joined = tmp_path / "joined"  # made once the thread that started the child has ended
-    argv = hold(["sleep", "120"], "from bench import procs\n"
+    argv = hold(["sleep", "120"], "from muxbench import procs\n"
                 "thread = threading.Thread(target=procs.spawn, args=(argv,))\n"
                 "thread.start()\n"
                 "thread.join()\n"
@@ -285,17 +285,17 @@ def test_the_c_programs_die_with_a_parent_that_started_them_any_way(program, tmp
 
 
 def test_a_gate_killed_takes_its_bench_run_with_it(tmp_path):
-    # bench/regress.py runs `muxbench bench` from the tree it measures; a
+    # bench/gate/regress.py runs `muxbench bench` from the tree it measures; a
     # stand-in tree keeps the run from measuring anything.
     checkout = stand_in_checkout(tmp_path / "checkout", SLEEPING_BENCH)
     out = tmp_path / "out"
     out.mkdir()
     argv = hold([str(checkout), str(out)], "from pathlib import Path\n"
-                "from bench import regress\n"
+                "from bench.gate import regress\n"
                 "regress.bench_run(Path(argv[0]), Path(argv[1]), [])")
     with started(argv, tmp_path) as tree:
         tree.wait_for("the bench run", lambda procs: (out / "pid").exists()
-                      and has(procs, running("bench.cli bench ")))
+                      and has(procs, running("muxbench.cli bench ")))
         assert_none_left(tree)
 
 

@@ -1,4 +1,4 @@
-"""bench/procs.py: what every child it starts begins with, and what a stop records.
+"""muxbench/procs.py: what every child it starts begins with, and what a stop records.
 
 The harness, the regression gate, the speed scripts and these tests all start
 their children there; tests/test_orphans.py checks that none outlives its
@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from bench import procs
+from muxbench import procs
 from tests.support import ROOT, SIGINT_IGNORED, kill_group, spawn
 
 READY_TIMEOUT = 60.0  # a bound for a busy machine, not a measurement

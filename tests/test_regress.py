@@ -20,9 +20,9 @@ from xml.etree import ElementTree
 
 import pytest
 
-from bench import regress
-from bench.cli import main
+from bench.gate import regress
 from bench.results import ResultsError, load_results, resolve_run
+from muxbench.cli import main
 from tests import fake_results as fake
 from tests.support import (
     ROOT,
@@ -362,7 +362,7 @@ def test_bench_run_imports_the_trees_code_not_the_installed_one(tmp_path):
     tree = stand_in_checkout(tmp_path / "tree", FAKE_CLI)
     run = regress.bench_run(tree, tmp_path / "out", ["--suite", "quick"])
     written = json.loads((run / "results.json").read_text())
-    assert Path(written["cli"]).resolve() == (tree / "bench" / "cli.py").resolve()
+    assert Path(written["cli"]).resolve() == (tree / "muxbench" / "cli.py").resolve()
     assert written["argv"][:3] == ["bench", "--suite", "quick"]
 
 
@@ -375,7 +375,7 @@ def test_bench_run_that_writes_nothing_is_an_error(tmp_path):
 INTERRUPTIBLE = '''\
 import sys
 from pathlib import Path
-from bench import regress
+from bench.gate import regress
 regress.stop_on_signals()
 try:
     regress.bench_run(Path(sys.argv[1]), Path(sys.argv[2]), [])
@@ -430,6 +430,6 @@ def test_the_workflow_is_one_a_runner_accepts():
 
 
 def test_python_m_bench_regress_still_answers():
-    out = subprocess.run([sys.executable, "-m", "bench.regress", "--help"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "bench.gate.regress", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--base REF" in out.stdout and "Exit status" in out.stdout

@@ -14,10 +14,10 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from bench.cli import main
-from bench.measures import Run, fmt
-from bench.report import build_tables
-from bench.tables import environment_table
+from bench.report.build import build_tables
+from bench.report.measures import Run, fmt
+from bench.report.tables import environment_table
+from muxbench.cli import main
 from tests.report_markdown import (
     CELL_PATHS,
     FIXTURE,
@@ -36,7 +36,7 @@ PLOTS = ["cpu_vs_clients", "idle_cpu", "memory_pss", "echo_clients", "echo_size"
          "chat_fanout", "sparse", "churn", "polling_interval"]
 
 # Each plot's scenario and, panel by panel, the figure it draws per model against x
-# (stated here, independently of bench/plots.py).
+# (stated here, independently of bench/report/plots.py).
 PLOTTED = {
     "cpu_vs_clients": ("cpu_vs_clients", ["server.cpu_util"]),
     "idle_cpu": ("idle", ["server.cpu_util"]),

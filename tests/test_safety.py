@@ -18,11 +18,11 @@ import textwrap
 import psutil
 import pytest
 
-from bench import procs
-from bench.cli import main
-from bench.environment import placement
-from bench.scenarios import SCENARIOS, SUITES, plan
-from bench.suite import _spec
+from bench.run.scenarios import SCENARIOS, SUITES, plan
+from bench.run.suite import _spec
+from bench.sample.environment import placement
+from muxbench import procs
+from muxbench.cli import main
 from servers.models import MODELS
 from tests.support import ROOT, recv_exactly, serve
 
@@ -65,7 +65,7 @@ GUARDED = textwrap.dedent("""
             os.write(2, f"connect attempted to {args[1]!r}\\n".encode())
             os._exit(99)
     sys.addaudithook(hook)
-    from bench.cli import main
+    from muxbench.cli import main
     sys.exit(main(["load", *sys.argv[1:]]))
 """)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import taskstats
-from bench.cgroup import CpuCgroup
-from bench.sampler import HUSHED_TICK_MAX, MAX_SHARE, TreeSampler
+from bench.sample import taskstats
+from bench.sample.cgroup import CpuCgroup
+from bench.sample.sampler import HUSHED_TICK_MAX, MAX_SHARE, TreeSampler
 from tests.support import ROOT, kill_group, piped, process_tree, wait_for
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
@@ -275,7 +275,7 @@ def test_without_cap_net_admin_taskstats_gives_way_to_proc():
     with tempfile.TemporaryDirectory(dir="/tmp") as where:
         os.chmod(where, 0o755)
         module = Path(where) / "taskstats_copy.py"
-        module.write_bytes((ROOT / "bench" / "taskstats.py").read_bytes())
+        module.write_bytes((ROOT / "bench" / "sample" / "taskstats.py").read_bytes())
         module.chmod(0o644)
         probe = "import taskstats_copy as t; print(t.shared() is None, t.Taskstats.open() is None)"
         result = subprocess.run([python, "-c", probe], cwd=where, capture_output=True,

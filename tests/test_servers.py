@@ -294,19 +294,19 @@ def test_bad_port_is_one_line_and_status_two(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "bench.cli", "serve", "epoll", "--port", str(port)],
+            [sys.executable, "-m", "muxbench.cli", "serve", "epoll", "--port", str(port)],
             capture_output=True, text=True, timeout=10,
         )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "in use" in result.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "serve", "epoll", "--host", "no.such.host.invalid"],
+        [sys.executable, "-m", "muxbench.cli", "serve", "epoll", "--host", "no.such.host.invalid"],
         capture_output=True, text=True, timeout=10,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     # Past 65535 a port must be refused, not wrapped round to another one.
     wrapped = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "serve", "epoll", "--port", "70000"],
+        [sys.executable, "-m", "muxbench.cli", "serve", "epoll", "--port", "70000"],
         capture_output=True, text=True, timeout=10,
     )
     assert wrapped.returncode == 2 and wrapped.stdout == ""

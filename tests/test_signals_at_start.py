@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import group_members
+from muxbench.procs import group_members
 from servers.models import MODELS
 from tests.support import MUXBENCH, ROOT, kill_group, model_params, read_line, spawn, wait_for
 
@@ -87,7 +87,7 @@ def installed():
     return wake_fd
 shutdown.install = installed
 
-from bench.cli import main
+from muxbench.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -60,7 +60,7 @@ def derived(server: dict | None, load: dict | None) -> dict:
     if messages > 0:
         out["cpu_per_msg_us"] = server["cpu_s"] / messages * 1e6
         out["ctx_per_msg"] = (server["ctx_voluntary"] + server["ctx_involuntary"]) / messages
-    # Anonymous PSS only: see bench/sampler.py for why file pages are left out.
+    # Anonymous PSS only: see bench/sample/sampler.py for why file pages are left out.
     baseline, mean = server.get("pss_anon_baseline_bytes"), server.get("pss_anon_mean_bytes")
     connected = load.get("connected") or 0
     if baseline is not None and mean is not None and connected > 0:

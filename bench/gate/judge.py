@@ -1,6 +1,6 @@
 """Judging one run against another: per point, model and metric, is it a real change?
 
-Used by `muxbench compare` (bench/compare.py) and `muxbench regress` (bench/regress.py).
+Used by `muxbench compare` (bench/gate/compare.py) and `muxbench regress` (bench/gate/regress.py).
 Absolute times swing 3x between identical runs on these machines, so a raw
 NEW/BASE ratio says more about the weather than the code.  Each model is read
 relative to a reference model measured in the same run at the same point, so a

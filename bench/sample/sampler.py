@@ -16,7 +16,7 @@ the ticks that lie wholly between the moment the load began (`wake()` asks for
 one then, during the warm-up) and the window's end; inside the window only
 cheap ticks run (`hush()`).
 
-CPU of a tree: with a cgroup (bench/cgroup.py) the kernel's counter for the
+CPU of a tree: with a cgroup (bench/sample/cgroup.py) the kernel's counter for the
 group.  Otherwise psutil: the sum over the live processes of the tree of their
 own user+system time plus `children_*` -- the time of children they waited
 for.  A child that exited and was reaped is then counted exactly once, in its
@@ -24,7 +24,7 @@ parent's `children_*`; a live one once, by itself; so a fork-per-client server
 is charged for every child, gone or not.
 
 Context switches: the kernel keeps them per thread.  Its taskstats interface
-(bench/taskstats.py) sums them over a process's threads, exited ones too, in
+(bench/sample/taskstats.py) sums them over a process's threads, exited ones too, in
 one request; without it they are read from /proc per task, since /proc's
 per-process line shows only the main thread's.  A reaped process's count is
 not inherited by anyone, so the last value seen of every task is kept.
@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from bench import procfs, taskstats
-from bench.cgroup import CpuCgroup
+from bench.sample import procfs, taskstats
+from bench.sample.cgroup import CpuCgroup
 
 # At most this share of a CPU goes to the periodic ticks.
 MAX_SHARE = 0.1

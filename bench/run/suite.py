@@ -19,14 +19,11 @@ import signal
 import sys
 from pathlib import Path
 
-from bench import cgroup, procs, taskstats
-from bench.cgroup import CpuCgroup
-from bench.console import Display, describe, summary_table
-from bench.environment import environment, loadavg, placement
-from bench.launch import READY_TIMEOUT, CommandServer, TrialSpec
 from bench.results import SCHEMA_VERSION, ResultsWriter, new_run_id, point_latest, utc_now
-from bench.runner import Runner
-from bench.scenarios import (
+from bench.run.console import Display, describe, summary_table
+from bench.run.launch import READY_TIMEOUT, CommandServer, TrialSpec
+from bench.run.runner import Runner
+from bench.run.scenarios import (
     REFERENCE,
     SCENARIOS,
     SUITE_SETTINGS,
@@ -37,7 +34,11 @@ from bench.scenarios import (
     plan,
     scenario_models,
 )
-from servers.argtypes import float_where, positive_int
+from bench.sample import cgroup, taskstats
+from bench.sample.cgroup import CpuCgroup
+from bench.sample.environment import environment, loadavg, placement
+from muxbench import procs
+from muxbench.argtypes import float_where, positive_int
 from servers.models import MODELS
 
 EVERY = "all"  # --models all: every available model, also beside --server

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.measures import (
+from bench.report.measures import (
     CPU,
     CPU_PER_MSG,
     P50,
@@ -25,7 +25,7 @@ from bench.measures import (
     fmt_ratio,
     fmt_x,
 )
-from bench.tables import Cell, Table, point_cell
+from bench.report.tables import Cell, Table, point_cell
 
 # The seed's three ways to learn that a socket is ready, and the models that show each.
 MECHANISMS = [

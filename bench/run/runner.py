@@ -23,10 +23,10 @@ from __future__ import annotations
 import threading
 import time
 
-from bench.console import Display, describe
-from bench.environment import Placement
-from bench.launch import Launched, TrialSpec
-from bench.trial import Trial
+from bench.run.console import Display, describe
+from bench.run.launch import Launched, TrialSpec
+from bench.run.trial import Trial
+from bench.sample.environment import Placement
 
 # A server tree of more tasks than this is not overlapped (see above).
 OVERLAP_MAX_TASKS = 200

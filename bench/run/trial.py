@@ -25,12 +25,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench import procfs, procs
-from bench.environment import ROOT, Placement
-from bench.launch import Launched, TrialSpec
 from bench.results import utc_now
-from bench.sampler import TreeSampler
-from bench.verdict import classify, derived
+from bench.run.launch import Launched, TrialSpec
+from bench.run.outcome import classify, derived
+from bench.sample import procfs
+from bench.sample.environment import ROOT, Placement
+from bench.sample.sampler import TreeSampler
+from muxbench import procs
 
 # An invalid trial names the other work on the generator's CPUs past this
 # share of them (its resolution is two clock ticks, 20 ms).

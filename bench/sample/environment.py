@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("psutil", "numpy", "rich", "hdrhistogram", "matplotlib", "scipy", "uvloop",
             "muxbench")
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.results import metric, summary
-from bench.scenarios import SCENARIOS
+from bench.run.scenarios import SCENARIOS
 
 
 def describe(scenario: str, model: str, point: dict, repeat: int) -> str:

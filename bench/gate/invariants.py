@@ -8,7 +8,7 @@ and returns a list of one-line violations; an empty list means it holds.  A
 point a check needs but cannot find is itself a violation, so a suite that
 stopped measuring something cannot pass by omission.
 
-`python -m bench.invariants [RUN]` prints the violations of a stored run and
+`python -m bench.gate.invariants [RUN]` prints the violations of a stored run and
 exits 1 when there are any, 2 when the run cannot be read.
 """
 
@@ -32,7 +32,7 @@ SPARSE_FEW, SPARSE_MANY = 10, 1000
 SCAN_GROWTH_MIN = 1.5  # select/poll scan every fd per wait: 100x the fds costs far more
 EPOLL_GROWTH_MAX = 2.0
 INTEGRITY_COUNTERS = ("lost", "corrupted", "duplicated", "reordered")
-# How bench/verdict.py words an idle trial whose server turned clients away at its
+# How bench/run/outcome.py words an idle trial whose server turned clients away at its
 # own limit: "ok", with the reason "ceiling: N of M connections turned away (...)".
 CEILING = "ceiling: "
 
@@ -224,7 +224,7 @@ def check_all(results: dict) -> dict[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.invariants",
+        prog="python -m bench.gate.invariants",
         description="Check a stored run against the invariants: message integrity, "
                     "cleanup, and the physics of each I/O model. Exit 1 on a violation.")
     parser.add_argument("run", nargs="?", help="run directory, results.json or run id "
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = load_results(results_file(args.run, args.root))
     except ResultsError as exc:
-        print(f"bench.invariants: {exc}", file=sys.stderr)
+        print(f"bench.gate.invariants: {exc}", file=sys.stderr)
         return 2
     failed = 0
     for name, violations in check_all(results).items():

@@ -2,7 +2,7 @@
 
 Absolute times swing 3x between identical runs on these machines, so a raw
 NEW/BASE ratio says more about the weather than the code.  The judging lives in
-bench/judge.py (ratios normalised by a reference model of the same run, a
+bench/gate/judge.py (ratios normalised by a reference model of the same run, a
 threshold AND a one-sided Mann-Whitney U test, the two tests pyperf and asv
 apply; a large change that too few repeats cannot test is "untested"); this
 module is the command and what CI reads of it:
@@ -30,7 +30,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.table import Table
 
-from bench.judge import (
+from bench.gate.judge import (
     EXIT_MEANINGS,
     IMPROVEMENT,
     METRICS,
@@ -48,7 +48,7 @@ from bench.judge import (
     repeats_needed,
 )
 from bench.results import ResultsError, load_results, results_file
-from servers.argtypes import float_where
+from muxbench.argtypes import float_where
 
 STYLE = {REGRESSION: "bold red", UNTESTED: "bold red", IMPROVEMENT: "green",
          TOO_FEW: "yellow", NA: "dim", REFERENCE: "dim", NOISE: ""}

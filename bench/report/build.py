@@ -11,12 +11,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.assertions import ipc_table, lock_table, memory_table
-from bench.claims import chat_table, mechanism_table
-from bench.findings import scenario_sentences
-from bench.measures import Run, scenario_order
-from bench.results import ResultsError, load_results, results_file
-from bench.tables import (
+from bench.report.assertions import ipc_table, lock_table, memory_table
+from bench.report.claims import chat_table, mechanism_table
+from bench.report.findings import scenario_sentences
+from bench.report.measures import Run, scenario_order
+from bench.report.tables import (
     Table,
     environment_table,
     not_measured_table,
@@ -24,6 +23,7 @@ from bench.tables import (
     scenario_table,
     to_markdown,
 )
+from bench.results import ResultsError, load_results, results_file
 
 REPORT_FILE = "REPORT.md"
 PLOT_SUBDIR = "plots"  # inside the run directory, so REPORT.md is self-contained
@@ -66,7 +66,7 @@ def build_tables(run: Run) -> tuple[list[Table], list[tuple[str, Table]]]:
 
 def render_markdown(run: Run, seed: list[Table], per_scenario: list[tuple[str, Table]],
                     plots: dict[str, Path]) -> str:
-    from bench.plots import PLOTS_FOR_SCENARIO
+    from bench.report.plots import PLOTS_FOR_SCENARIO
 
     res = run.results
     parts = [f"# muxbench report: {res['run_id']}", ""]
@@ -100,7 +100,7 @@ def _image(name: str, plots: dict[str, Path]) -> str:
 def _write(run: Run, seed: list[Table], per_scenario: list[tuple[str, Table]], run_dir: Path,
            copy_to: Path) -> tuple[Path, dict[str, Path]]:
     """REPORT.md and the PNGs in the run directory, the PNGs copied to `copy_to` too."""
-    from bench.plots import render_plots
+    from bench.report.plots import render_plots
 
     copy = copy_to.resolve() != (run_dir / PLOT_SUBDIR).resolve()
     if copy:

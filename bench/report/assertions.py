@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bench.claims import header, pss_slope, value_at
-from bench.findings import ratio
-from bench.measures import (
+from bench.report.claims import header, pss_slope, value_at
+from bench.report.findings import ratio
+from bench.report.measures import (
     CPU,
     CPU_PER_MSG,
     CTX_PER_MSG,
@@ -24,7 +24,7 @@ from bench.measures import (
     fmt_ratio,
     fmt_x,
 )
-from bench.tables import Table
+from bench.report.tables import Table
 
 CHAT_MODELS = ("fork", "thread", "epoll")
 # In chat a "message" the load generator counts is one line received by one client.

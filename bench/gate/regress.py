@@ -8,7 +8,7 @@ end), and short runs of the two alternate -- base, head, head, base, ... --
 each a fresh `muxbench bench` process started in its own tree, so that tree's
 code is what is imported and what the servers run.  Each side's runs are
 merged into one results set, repeat i of both sides measured next to each
-other, and judged by bench/judge.py.
+other, and judged by bench/gate/judge.py.
 
 Only the (scenario, metric) pairs in GATED fail the gate; the rest are shown,
 marked as not gated.  Values are compared raw (--reference none), as both
@@ -40,9 +40,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import compare, procs
-from bench.environment import ROOT
-from bench.judge import (
+from bench.gate import compare
+from bench.gate.judge import (
     NA,
     NOISE,
     STATUS,
@@ -62,7 +61,9 @@ from bench.results import (
     resolve_run,
     write_results_atomic,
 )
-from servers.argtypes import number_in, positive_int
+from bench.sample.environment import ROOT
+from muxbench import procs
+from muxbench.argtypes import number_in, positive_int
 
 # What each side runs per repeat: every model serving 50 clients that offer 2,000
 # messages/s in all, open loop.  At a fixed offered rate the load generator is not the
@@ -184,7 +185,8 @@ def bench_run(tree: Path, out: Path, argv: list[str]) -> Path:
     root of the `bench` package it imported: both are TREE.
     """
     before = _latest(out)
-    cmd = [sys.executable, "-m", "bench.cli", "bench", *argv, "--out", str(out.resolve())]
+    cli = "muxbench.cli" if (tree / "muxbench" / "cli.py").exists() else "bench.cli"
+    cmd = [sys.executable, "-m", cli, "bench", *argv, "--out", str(out.resolve())]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     proc = procs.spawn(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL)
     try:
@@ -401,7 +403,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.regress")
+    parser = argparse.ArgumentParser(prog="python -m bench.gate.regress")
     configure(parser)
     try:
         return run(parser.parse_args(argv))

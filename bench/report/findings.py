@@ -9,7 +9,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from bench.measures import (
+from bench.report.measures import (
     CPU,
     P50,
     P99,

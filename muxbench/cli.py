@@ -19,10 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("servers.cli_serve", "run one server model until SIGTERM or SIGINT"),
     "load": ("loadgen.cli", "drive a server with N clients and report latency and integrity"),
     "chat": ("loadgen.chat_client", "interactive chat client"),
-    "bench": ("bench.suite", "run a benchmark suite and store results.json"),
-    "report": ("bench.report", "write REPORT.md and plots from a results run"),
-    "compare": ("bench.compare", "compare two runs; exit 1 when NEW regressed against BASE"),
-    "regress": ("bench.regress", "judge the working tree against a git revision, run here"),
+    "bench": ("bench.run.suite", "run a benchmark suite and store results.json"),
+    "report": ("bench.report.build", "write REPORT.md and plots from a results run"),
+    "compare": ("bench.gate.compare", "compare two runs; exit 1 when NEW regressed against BASE"),
+    "regress": ("bench.gate.regress", "judge the working tree against a git revision, run here"),
 }
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.launch import CommandServer
+    from bench.run.launch import CommandServer
 
 # The C epoll echo server, run as a command server: the limit every echo figure is read against.
 REFERENCE = "c-epoll"

@@ -1,7 +1,7 @@
 """The report's PNGs: one function per question, all drawn the same way.
 
 Every plot shows medians with min-max bars, one fixed colour per model
-(bench.measures.COLOURS), the C reference as a black dashed "limit" line, points
+(bench.report.measures.COLOURS), the C reference as a black dashed "limit" line, points
 where every repeat failed as crosses on the x axis, units on both axes, and a
 footer naming the machine, commit and date, so a PNG read alone still says what
 it measured and where.  matplotlib is imported here, lazily, with Agg.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.measures import (
+from bench.report.measures import (
     CONN_RATE,
     CPU,
     CPU_PER_MSG,

@@ -22,13 +22,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import procs
-from bench.cgroup import CpuCgroup
-from bench.environment import ROOT, Placement
-from bench.scenarios import server_args
+from bench.run.scenarios import server_args
+from bench.sample.cgroup import CpuCgroup
+from bench.sample.environment import ROOT, Placement
+from muxbench import procs
 
 HOST = "127.0.0.1"
-MUXBENCH = [sys.executable, "-m", "bench.cli"]
+MUXBENCH = [sys.executable, "-m", "muxbench.cli"]
 
 STOP_GRACE = 3.0
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")  # a command server's model name
@@ -97,7 +97,7 @@ class TrialSpec:
     duration: float
     warmup: float
     sample_interval: float
-    load_args: list[str]  # workload options of the point (bench.scenarios.load_args)
+    load_args: list[str]  # workload options of the point (bench.run.scenarios.load_args)
     connections: int
     server: CommandServer | None = None  # None: the built-in model `model`
     ready_timeout: float = READY_TIMEOUT

@@ -1,0 +1,1 @@
+"""REPORT.md from a run: figures, tables, plots and the sentences drawn from them."""

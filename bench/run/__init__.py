@@ -1,0 +1,1 @@
+"""Running a suite: scenarios, trials, servers and load generators started, shown."""

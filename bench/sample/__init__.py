@@ -1,0 +1,1 @@
+"""Sampling a server's process tree and the machine it runs on."""
