@@ -23,7 +23,8 @@ import time
 from loadgen.integrity import SenderTrack, chat_line, parse_chat_line
 from loadgen.schedule import Arrivals, Lag
 from loadgen.timer import Timer, sleep_until
-from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
+from loadgen.worker import IN, OUT, Go, Phases, Worker
+from muxbench.net import RECV_SIZE
 
 
 class ChatConn:

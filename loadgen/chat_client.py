@@ -23,13 +23,13 @@ import sys
 import time
 
 from muxbench.argtypes import number_in
+from muxbench.net import RECV_SIZE
 
 # How long to keep printing after we half-closed, waiting for the server to close.
 DRAIN_SECONDS = 3.0
 # Stop reading stdin while this much is unsent: a piped flood must not grow us
 # without bound when the server reads slower than we are fed.
 MAX_UNSENT = 1 << 20
-RECV_SIZE = 65536
 QUIT = b"/quit"
 
 

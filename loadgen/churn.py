@@ -17,7 +17,8 @@ import time
 from loadgen.integrity import Pattern
 from loadgen.record import new_samples
 from loadgen.timer import sleep_until
-from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker, dial
+from loadgen.worker import IN, OUT, Go, Phases, Worker, dial
+from muxbench.net import RECV_SIZE
 
 RETRY_NS = 10_000_000
 # How often connect timeouts are looked for (a scan over the slots).

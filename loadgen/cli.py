@@ -32,7 +32,7 @@ from loadgen import engine, summary
 from loadgen.integrity import CHAT_MIN_SIZE, ECHO_MIN_SIZE
 from loadgen.render import render
 from muxbench.argtypes import number_in
-from servers.net import is_loopback, raise_nofile_limit
+from muxbench.net import is_loopback, raise_nofile_limit
 
 WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")
 
@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
     raise_nofile_limit()
     cfg = _config(args)
 
-    def marker(text: str) -> None:
+    def marker(line: str) -> None:
         if args.json:
-            print(f"muxbench load: {text}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     # SIGTERM (from `timeout`, say) ends a run as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

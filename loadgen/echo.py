@@ -36,7 +36,8 @@ from loadgen.integrity import (
 )
 from loadgen.schedule import Arrivals, Lag
 from loadgen.timer import Timer, sleep_until
-from loadgen.worker import IN, OUT, RECV_SIZE, Go, Phases, Worker
+from loadgen.worker import IN, OUT, Go, Phases, Worker
+from muxbench.net import RECV_SIZE
 
 PROBE = b"\x00"  # see EchoWorker.prepare
 

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection, wait
 from loadgen.integrity import Window
 from loadgen.timer import sleep_until
 from loadgen.worker import CONNECT_BATCH, Go, Plan
+from muxbench import markers
 from muxbench.lifetime import die_with_parent
 
 # Slack on top of connect time + warm-up + duration + drain before everything is killed.
@@ -192,9 +193,8 @@ class Workers:
 
 
 def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> Outcome:
-    """Run the workload; `marker` is called with "warm-up start" once every
-    connection is up and the load begins, then "window start" and "window end"
-    on time."""
+    """Run the workload; `marker` is called with markers.WARMUP_START once every
+    connection is up and the load begins, then WINDOW_START and WINDOW_END on time."""
     procs = max(1, min(cfg.procs, cfg.clients))
     plans = _plans(cfg, family, host, procs)
     per_worker = -(-cfg.clients // procs)
@@ -211,9 +211,9 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             t0 = time.perf_counter_ns() + LEAD_NS
             window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
             workers.send(("go", Go(t0, window)))
-            marker("warm-up start")
+            marker(markers.WARMUP_START)
             sleep_until(window.start)
-            marker("window start")
+            marker(markers.WINDOW_START)
             try:
                 sleep_until(window.end)
             except KeyboardInterrupt:
@@ -225,7 +225,7 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
                     workers.send(("cut", end))
                     window, interrupted = Window(window.start, end), True
                 sleep_until(window.end)
-            marker("window end")
+            marker(markers.WINDOW_END)
             if cfg.workload == "chat":
                 sent = workers.gather("sent", hard_cap)
                 workers.send(("total", sum(s[0] for s in sent.values())))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servers.reference import compile_c
+from muxbench.native import compile_c
 
 SOURCE = Path(__file__).resolve().parent / "c" / "echo_client.c"
 

@@ -27,7 +27,6 @@ from loadgen.record import new_samples
 # same instant overflows the server's accept queue and shows up as 1 s / 3 s
 # SYN-retransmit outliers that are the generator's fault, not the server's.
 CONNECT_BATCH = 64
-RECV_SIZE = 65536
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 

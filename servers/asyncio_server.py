@@ -30,8 +30,9 @@ import signal
 import socket
 from collections.abc import Callable
 
+from muxbench.net import RECV_SIZE
 from servers import shutdown
-from servers.net import RECV_SIZE, Acceptor, at_capacity, format_address, somaxconn, tune
+from servers.net import Acceptor, at_capacity, format_address, somaxconn, tune
 from servers.protocol import ProtocolError
 from servers.shutdown import SIGNALS
 

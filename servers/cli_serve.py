@@ -13,9 +13,10 @@ import logging
 import sys
 
 from muxbench.argtypes import number_in, positive_int
+from muxbench.net import is_loopback, raise_nofile_limit
 from servers import shutdown
 from servers.models import MODELS, Options
-from servers.net import ListenError, format_address, is_loopback, raise_nofile_limit, tcp_listen
+from servers.net import ListenError, format_address, tcp_listen
 from servers.protocol import PROTOCOLS, Limits
 
 log = logging.getLogger("muxbench.serve")

@@ -36,8 +36,9 @@ import socket
 import time
 
 from muxbench.lifetime import die_with_parent
+from muxbench.net import RECV_SIZE
 from servers.epoll_loop import EpollServer
-from servers.net import RECV_SIZE, at_capacity, format_address, tune
+from servers.net import at_capacity, format_address, tune
 from servers.reactor import Connection
 
 log = logging.getLogger("muxbench.serve")

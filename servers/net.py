@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
-import resource
 import socket
 
 log = logging.getLogger("muxbench.serve")
-
-# One receive size for every model.  recv(256 KiB) costs several times more
-# per call than recv(64 KiB) (allocator churn), so a model with a bigger
-# buffer would be measuring malloc, not its multiplexing mechanism.
-RECV_SIZE = 65536
 
 
 class ListenError(Exception):
@@ -165,28 +158,3 @@ def parse_address(text: str) -> tuple[str, int]:
     """Inverse of format_address: 'h:p' or '[v6]:p' -> (host, port)."""
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address `host` resolves to is a loopback address."""
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return False
-    return bool(infos) and all(
-        ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
-    )
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft

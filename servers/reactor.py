@@ -29,9 +29,9 @@ from __future__ import annotations
 import logging
 import socket
 
+from muxbench.net import RECV_SIZE
 from servers import shutdown
 from servers.net import (
-    RECV_SIZE,
     Acceptor,
     at_capacity,
     format_address,

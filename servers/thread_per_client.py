@@ -34,8 +34,8 @@ import socket
 import threading
 import time
 
+from muxbench.net import RECV_SIZE
 from servers.net import (
-    RECV_SIZE,
     Acceptor,
     at_capacity,
     format_address,

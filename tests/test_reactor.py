@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from muxbench.net import RECV_SIZE
 from servers.epoll_loop import EdgeTriggeredEpollServer, EpollServer
 from servers.models import Options
-from servers.net import RECV_SIZE
 from servers.protocol import Chat, Echo, Limits
 from servers.reactor import Connection
 from servers.shutdown import Shutdown

@@ -61,8 +61,7 @@ from bench.results import (
     resolve_run,
     write_results_atomic,
 )
-from bench.sample.environment import ROOT
-from muxbench import procs
+from muxbench import ROOT, procs
 from muxbench.argtypes import number_in, positive_int
 
 # What each side runs per repeat: every model serving 50 clients that offer 2,000

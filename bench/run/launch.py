@@ -24,8 +24,8 @@ from pathlib import Path
 
 from bench.run.scenarios import server_args
 from bench.sample.cgroup import CpuCgroup
-from bench.sample.environment import ROOT, Placement
-from muxbench import procs
+from bench.sample.environment import Placement
+from muxbench import ROOT, procs
 
 HOST = "127.0.0.1"
 MUXBENCH = [sys.executable, "-m", "muxbench.cli"]

@@ -29,16 +29,13 @@ from bench.results import utc_now
 from bench.run.launch import Launched, TrialSpec
 from bench.run.outcome import classify, derived
 from bench.sample import procfs
-from bench.sample.environment import ROOT, Placement
+from bench.sample.environment import Placement
 from bench.sample.sampler import TreeSampler
-from muxbench import procs
+from muxbench import ROOT, markers, procs
 
 # An invalid trial names the other work on the generator's CPUs past this
 # share of them (its resolution is two clock ticks, 20 ms).
 OTHERS_NOTED = 0.1
-WARMUP_START = "muxbench load: warm-up start"
-WINDOW_START = "muxbench load: window start"
-WINDOW_END = "muxbench load: window end"
 
 
 class Trial:
@@ -54,7 +51,7 @@ class Trial:
         self.output = ""  # the generator's stdout: one JSON object
         self.readers: list[threading.Thread] = []
         self.lines: list[str] = []
-        self.warmup_at: float | None = None  # time.monotonic() of WARMUP_START
+        self.warmup_at: float | None = None  # time.monotonic() of markers.WARMUP_START
         # At the window's edges: the time, the generator's CPUs' idle and
         # stolen seconds, and the orchestrator's own CPU seconds (it runs there too).
         self.client_marks: dict[str, tuple[float, float, float, float]] = {}
@@ -100,14 +97,14 @@ class Trial:
     def _watch(self) -> None:
         for raw in self.load_proc.stderr:
             line = raw.strip()
-            if line == WARMUP_START:
+            if line == markers.WARMUP_START:
                 self.warmup_at = time.monotonic()
                 self.sampler.wake()
-            elif line == WINDOW_START:
+            elif line == markers.WINDOW_START:
                 self.sampler.hush(True)  # first: a dear tick in progress must stop now
                 self._mark_client_cpus("start")
                 self.sampler.mark("start", memory=False)
-            elif line == WINDOW_END:
+            elif line == markers.WINDOW_END:
                 self._mark_client_cpus("end")
                 self.sampler.mark("end", memory=False)
                 self.sampler.hush(False)

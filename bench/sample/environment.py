@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from muxbench import ROOT
+
 PACKAGES = ("psutil", "numpy", "rich", "hdrhistogram", "matplotlib", "scipy", "uvloop",
             "muxbench")
 
