@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bench.report.build", "write REPORT.md and plots from a results run"),
     "compare": ("bench.gate.compare", "compare two runs; exit 1 when NEW regressed against BASE"),
     "regress": ("bench.gate.regress", "judge the working tree against a git revision, run here"),
+    "check": ("bench.gate.invariants", "check a stored run against what must hold on any machine"),
 }
 
 

@@ -176,7 +176,7 @@ def test_cli_exit_status(tmp_path, healthy, capsys):
     assert invariants.main([str(renamed)]) == 1
     assert "FAIL polling_idle_cpu" in capsys.readouterr().out
     assert invariants.main([str(tmp_path / "missing")]) == 2
-    assert "bench.gate.invariants:" in capsys.readouterr().err
+    assert "muxbench check:" in capsys.readouterr().err
 
 
 # -- a real spinning server, measured like any model, is caught ------------------------

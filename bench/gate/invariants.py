@@ -8,8 +8,8 @@ and returns a list of one-line violations; an empty list means it holds.  A
 point a check needs but cannot find is itself a violation, so a suite that
 stopped measuring something cannot pass by omission.
 
-`python -m bench.gate.invariants [RUN]` prints the violations of a stored run and
-exits 1 when there are any, 2 when the run cannot be read.
+`muxbench check [RUN]` prints the violations of a stored run and exits 1 when
+there are any, 2 when the run cannot be read.
 """
 
 from __future__ import annotations
@@ -222,19 +222,21 @@ def check_all(results: dict) -> dict[str, list[str]]:
     return {name: check(results) for name, check in INVARIANTS.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.gate.invariants",
-        description="Check a stored run against the invariants: message integrity, "
-                    "cleanup, and the physics of each I/O model. Exit 1 on a violation.")
-    parser.add_argument("run", nargs="?", help="run directory, results.json or run id "
-                        "(default: results/latest)")
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Check a stored run against the invariants: message integrity, "
+                          "cleanup, and the physics of each I/O model. Exit 1 on a violation, "
+                          "2 when the run cannot be read.")
+    parser.add_argument("run", nargs="?", metavar="RUN", help="run directory, results.json "
+                        "or run id (default: results/latest)")
     parser.add_argument("--root", default="results", help="where run ids are looked up")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every invariant's verdict and violations; the exit status."""
     try:
         results = load_results(results_file(args.run, args.root))
     except ResultsError as exc:
-        print(f"bench.gate.invariants: {exc}", file=sys.stderr)
+        print(f"muxbench check: {exc}", file=sys.stderr)
         return 2
     failed = 0
     for name, violations in check_all(results).items():
@@ -243,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"     {line}")
         failed += bool(violations)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gate.invariants")
+    configure(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
