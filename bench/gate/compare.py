@@ -104,7 +104,7 @@ def render(comparison: Comparison, console: Console, show_all: bool = False) -> 
     table = Table(title=f"{c.base['run_id']} (BASE) -> {c.new['run_id']} (NEW)",
                   caption=f"ratio {ref}; a change needs ratio past {c.threshold:g}x and "
                           f"one-sided Mann-Whitney p < {c.alpha:g}; ~ = noise")
-    for name in ("scenario", "point", "model", *(m.label for m in METRICS), "note"):
+    for name in ("scenario", "point", "model", *(m.short for m in METRICS), "note"):
         table.add_column(name)
     rows: dict[tuple, list[Cell]] = {}
     for cell in c.cells:

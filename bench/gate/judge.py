@@ -26,6 +26,7 @@ from enum import IntEnum
 
 from scipy.stats import mannwhitneyu
 
+from bench.metrics import CPU_PER_MSG, DERIVED_P99, DERIVED_THROUGHPUT, PSS_PER_CONN, Metric
 from bench.results import TRIAL_STATUSES, group_points, metric
 
 REGRESSION, IMPROVEMENT, NOISE, TOO_FEW, UNTESTED, NA, REFERENCE = (
@@ -56,31 +57,8 @@ EXIT_MEANINGS = {
 }
 
 
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    path: str
-    label: str
-    higher_is_worse: bool
-    # Times scale with the machine, so they are read against the reference model;
-    # memory per connection does not, so it is compared as measured.
-    normalised: bool = True
-    # Values below the floor count as the floor: under it the metric is noise.
-    floor: float = 0.0
-
-
-# PSS per connection is (the tree's anonymous PSS during the window - at start) /
-# connections.  An event loop's true cost is a few hundred bytes, and whether the
-# allocator's pools already had room for them can double it; 8 KiB keeps such
-# jumps out and still sees a thread's stack and buffer page (~14 KiB).
-PSS_FLOOR = 8192.0
-METRICS = (
-    Metric("cpu_per_msg_us", "derived.cpu_per_msg_us", "CPU/msg", True),
-    Metric("p99_us", "derived.p99_us", "p99", True),
-    Metric("throughput_msgs_s", "derived.throughput_msgs_s", "throughput", False),
-    Metric("pss_per_conn_bytes", "derived.pss_per_conn_bytes", "PSS/conn", True,
-           normalised=False, floor=PSS_FLOOR),
-)
+# What the gate judges, from the catalogue (bench/metrics.py: how each is read).
+METRICS = (CPU_PER_MSG, DERIVED_P99, DERIVED_THROUGHPUT, PSS_PER_CONN)
 STATUS = "status"  # pseudo-metric of a point that vanished or broke in NEW
 
 
@@ -169,12 +147,12 @@ def _past(ratio: float, limit: float) -> bool:
 
 
 def _judge(cell: Cell, ratio: float, base: list[float], new: list[float],
-           higher_is_worse: bool, comparison: Comparison) -> Cell:
+           lower_is_better: bool, comparison: Comparison) -> Cell:
     """Verdict from the ratio of medians and a one-sided Mann-Whitney test on the repeats."""
     cell.ratio = ratio
     direction = "greater" if ratio >= 1 else "less"
     cell.p_value = float(mannwhitneyu(new, base, alternative=direction).pvalue)
-    worse = (ratio > 1) == higher_is_worse
+    worse = (ratio > 1) == lower_is_better
     if not _past(ratio, comparison.threshold):
         cell.verdict = NOISE
     elif min_p_value(len(base), len(new)) >= comparison.alpha:
@@ -203,14 +181,14 @@ def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
             cell.verdict = REFERENCE
             continue
         if not base or not new:
-            cell.note = f"{m.label} missing in {'NEW' if base else 'BASE'}"
+            cell.note = f"{m.short} missing in {'NEW' if base else 'BASE'}"
             continue
         cell.base_median, cell.new_median = statistics.median(base), statistics.median(new)
         ratio = cell.new_median / cell.base_median if cell.base_median > 0 else None
         if comparison.reference and m.normalised:
             ref_b, ref_n = _values(base_ref, m), _values(new_ref, m)
             if not ref_b or not ref_n or min(map(statistics.median, (ref_b, ref_n))) <= 0:
-                cell.note = f"no {comparison.reference} {m.label} to normalise by"
+                cell.note = f"no {comparison.reference} {m.short} to normalise by"
                 continue
             # (NEW/NEW_ref) / (BASE/BASE_ref), on the medians
             ratio = ratio and ratio * statistics.median(ref_b) / statistics.median(ref_n)
@@ -219,7 +197,7 @@ def _compare_point(key: tuple, base_trials: list[dict], new_trials: list[dict],
         if ratio is None:
             cell.note = "BASE median is 0"
             continue
-        _judge(cell, ratio, base, new, m.higher_is_worse, comparison)
+        _judge(cell, ratio, base, new, m.lower_is_better, comparison)
     return cells
 
 

@@ -7,29 +7,23 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from bench.report.claims import header, pss_slope, value_at
-from bench.report.findings import ratio
-from bench.report.measures import (
+from bench.metrics import (
     CPU,
+    CPU_PER_DELIVERY,
     CPU_PER_MSG,
+    CTX_PER_DELIVERY,
     CTX_PER_MSG,
     P50,
     P99,
     PSS,
     PSS_PER_CONN,
-    Run,
-    fmt,
-    fmt_ratio,
-    fmt_x,
 )
+from bench.report.claims import header, pss_slope, value_at
+from bench.report.findings import ratio
+from bench.report.measures import Run, fmt, fmt_ratio, fmt_x
 from bench.report.tables import Table
 
 CHAT_MODELS = ("fork", "thread", "epoll")
-# In chat a "message" the load generator counts is one line received by one client.
-CPU_PER_DELIVERY = replace(CPU_PER_MSG, label="CPU per delivery")
-CTX_PER_DELIVERY = replace(CTX_PER_MSG, label="context switches per delivery")
 
 
 def ipc_table(run: Run) -> Table:

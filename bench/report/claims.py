@@ -12,19 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.report.measures import (
-    CPU,
-    CPU_PER_MSG,
-    P50,
-    P99,
-    P999,
-    PSS,
-    Metric,
-    Run,
-    fmt,
-    fmt_ratio,
-    fmt_x,
-)
+from bench.metrics import CPU, CPU_PER_MSG, P50, P99, P999, PSS, Metric
+from bench.report.measures import Run, fmt, fmt_ratio, fmt_x
 from bench.report.tables import Cell, Table, point_cell
 
 # The seed's three ways to learn that a socket is ready, and the models that show each.

@@ -9,19 +9,8 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from bench.report.measures import (
-    CPU,
-    P50,
-    P99,
-    REFERENCE,
-    Metric,
-    Run,
-    fmt,
-    fmt_ratio,
-    fmt_x,
-    knee,
-    scenario_metrics,
-)
+from bench.metrics import CPU, P50, P99, Metric
+from bench.report.measures import REFERENCE, Run, fmt, fmt_ratio, fmt_x, knee, scenario_metrics
 
 
 def ranked(run: Run, scenario: str, x: Any, m: Metric) -> list[tuple[str, float]]:

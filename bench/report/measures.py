@@ -1,6 +1,7 @@
-"""What the report measures: metrics, units, model colours and per-point summaries.
+"""How the report reads a run: per-point medians, units, model colours, each scenario's metrics.
 
-Tables, plots and computed sentences all read the run through this module, so a
+Tables, plots and computed sentences all read the run through this module (and
+the metrics through the catalogue, bench/metrics.py), so a
 number printed in REPORT.md, drawn in a PNG and quoted in a sentence is the same
 median of the same repeats, formatted with the same unit.
 """
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.metrics import DEFAULT_METRICS, OFFERED, P99, SCENARIO_METRICS, THROUGHPUT, Metric
 from bench.results import group_points, metric, summary
 
 REFERENCE = "c-epoll"  # the C server: drawn as the limit, never a contender
@@ -48,27 +50,6 @@ def model_sort_key(model: str) -> tuple[int, str]:
         return (len(MODEL_ORDER) + 1, "")
     return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
 
-
-@dataclass(frozen=True)
-class Metric:
-    path: str  # dotted path into a trial (bench.results.metric)
-    label: str
-    unit: str  # "us", "core", "bytes", "msgs", "conns", "count"
-    lower_is_better: bool = True
-
-
-CPU = Metric("server.cpu_util", "server CPU", "core")
-CPU_PER_MSG = Metric("derived.cpu_per_msg_us", "CPU per message", "us")
-CTX_PER_MSG = Metric("derived.ctx_per_msg", "context switches per message", "count")
-PSS = Metric("server.pss_peak_bytes", "PSS (peak)", "bytes")
-PSS_PER_CONN = Metric("derived.pss_per_conn_bytes", "PSS per connection", "bytes")
-THROUGHPUT = Metric("load.throughput_msgs_s", "throughput", "msgs", lower_is_better=False)
-P50 = Metric("load.latency_us.p50", "p50 latency", "us")
-P99 = Metric("load.latency_us.p99", "p99 latency", "us")
-P999 = Metric("load.latency_us.p999", "p99.9 latency", "us")
-SERVICE_P99 = Metric("load.service_time_us.p99", "p99 service time", "us")
-CONN_RATE = Metric("load.connections_per_s", "connections", "conns", lower_is_better=False)
-OFFERED = Metric("load.rate", "offered load", "msgs", lower_is_better=False)
 
 UNIT_NAMES = {"us": "µs", "core": "% of a core", "bytes": "MiB", "msgs": "msgs/s",
               "conns": "conn/s", "count": "per msg"}
@@ -217,25 +198,6 @@ def knee(run: Run, scenario: str, model: str, latency: Metric = P99) -> Any:
         if base and point.median(latency) > 10 * base:
             return point.x
     return None
-
-
-DELIVERY_P99 = Metric(P99.path, "p99 delivery latency", "us")
-RESPONSE_P99 = Metric(P99.path, "p99 response time", "us")
-
-# The scenarios in report order, each with the metrics its table shows (the first
-# is the one its sentences rank models by).
-SCENARIO_METRICS: dict[str, tuple[Metric, ...]] = {
-    "cpu_vs_clients": (CPU, CPU_PER_MSG),
-    "idle": (CPU, PSS),
-    "echo_clients": (THROUGHPUT, P99),
-    "echo_size": (THROUGHPUT, CPU_PER_MSG),
-    "open_loop": (RESPONSE_P99, SERVICE_P99, THROUGHPUT),
-    "chat_fanout": (DELIVERY_P99, CPU),
-    "sparse": (CPU_PER_MSG, P99),
-    "churn": (CONN_RATE, P99),
-    "polling_interval": (CPU, P50),
-}
-DEFAULT_METRICS = (CPU, P99)
 
 
 def scenario_order(run: Run) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.report.measures import (
+from bench.metrics import (
     CONN_RATE,
     CPU,
     CPU_PER_MSG,
@@ -20,16 +20,12 @@ from bench.report.measures import (
     P50,
     P99,
     PSS,
-    REFERENCE,
     RESPONSE_P99,
     SERVICE_P99,
     THROUGHPUT,
     Metric,
-    Run,
-    colour,
-    fmt_x,
-    knee,
 )
+from bench.report.measures import REFERENCE, Run, colour, fmt_x, knee
 
 # How each axis shows a metric: factor applied to the stored value, unit label.
 PERCENT = (100.0, "% of a core")

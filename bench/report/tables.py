@@ -7,7 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.report.measures import Metric, Point, Run, fmt, fmt_x, scenario_metrics
+from bench.metrics import Metric
+from bench.report.measures import Point, Run, fmt, fmt_x, scenario_metrics
 from bench.results import metric
 
 Cell = list[str]  # stacked lines of one cell
