@@ -11,10 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench.report.assertions import ipc_table, lock_table, memory_table
-from bench.report.claims import chat_table, mechanism_table
 from bench.report.findings import scenario_sentences
 from bench.report.measures import Run, scenario_order
+from bench.report.seed import chat_table, ipc_table, lock_table, mechanism_table, memory_table
 from bench.report.tables import (
     Table,
     environment_table,

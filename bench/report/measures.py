@@ -12,7 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.metrics import DEFAULT_METRICS, OFFERED, P99, SCENARIO_METRICS, THROUGHPUT, Metric
+import numpy as np
+
+from bench.metrics import (
+    DEFAULT_METRICS,
+    OFFERED,
+    P99,
+    PSS,
+    SCENARIO_METRICS,
+    THROUGHPUT,
+    Metric,
+)
 from bench.results import group_points, metric, summary
 
 REFERENCE = "c-epoll"  # the C server: drawn as the limit, never a contender
@@ -209,3 +219,20 @@ def scenario_order(run: Run) -> list[str]:
 
 def scenario_metrics(scenario: str) -> tuple[Metric, ...]:
     return SCENARIO_METRICS.get(scenario, DEFAULT_METRICS)
+
+
+def growth(run: Run, scenario: str, model: str | None, m: Metric) -> tuple | None:
+    """(last / first median, first point, last point) over a model's measured points."""
+    points = [p for p in run.points(scenario, model or "") if p.median(m) is not None]
+    if len(points) < 2 or not points[0].median(m):
+        return None
+    return points[-1].median(m) / points[0].median(m), points[0], points[-1]
+
+
+def pss_slope(run: Run, model: str) -> float | None:
+    """Bytes of PSS each extra idle connection adds: a least-squares line over the medians."""
+    pts = [(p.x, p.median(PSS)) for p in run.points("idle", model) if p.median(PSS)]
+    if len(pts) < 2:
+        return None
+    xs, ys = zip(*pts, strict=True)
+    return float(np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)[0])

@@ -216,3 +216,20 @@ def _placement(place: dict) -> str | None:
     text = (f"{pinned}; server CPUs {place.get('server_cpus')}, "
             f"load generator CPUs {place.get('client_cpus')}")
     return f"{text} ({place['note']})" if place.get("note") else text
+
+
+def value_at(run: Run, scenario: str, model: str, m: Metric, x: Any) -> str:
+    """A median with its unit, or why there is none; with the point when x is None (the
+    model's largest measured point is used then)."""
+    if x is None:
+        last = run.last_ok(scenario, model, m)
+        points = run.points(scenario, model)
+        if last is None:
+            return " ".join(point_cell(points[-1], (m,))) if points else "not measured"
+        return (" ".join(point_cell(run.point(scenario, model, last[0]), (m,)))
+                + f" at {run.at(scenario, last[0])}")
+    return " ".join(point_cell(run.point(scenario, model, x), (m,)))
+
+
+def header(run: Run, scenario: str, text: str, x: Any) -> str:
+    return f"{text} at {run.at(scenario, x)}" if x is not None else text
