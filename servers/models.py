@@ -25,6 +25,10 @@ class Options:
 class Model:
     name: str
     target: str  # "module:Class"
+    # The seed's word for how the model learns that a socket is ready ("polling",
+    # "selecting", "interrupt"), or for what else serves its clients at once
+    # ("threads", "processes", "event loop").
+    approach: str
     description: str
     requires: str | None = None  # a module that must be importable
 
@@ -41,25 +45,25 @@ class Model:
 MODELS: dict[str, Model] = {
     m.name: m
     for m in (
-        Model("polling", "servers.busy_polling:PollingServer",
+        Model("polling", "servers.busy_polling:PollingServer", "polling",
               "busy polling: non-blocking sockets, try accept and recv on every one, forever"),
-        Model("select", "servers.select_loop:SelectServer",
+        Model("select", "servers.select_loop:SelectServer", "selecting",
               "select(2): fd bitmaps rebuilt and scanned on every call; fds >= 1024 refused"),
-        Model("poll", "servers.poll_loop:PollServer",
+        Model("poll", "servers.poll_loop:PollServer", "selecting",
               "poll(2): an fd array scanned on every call, no fd ceiling"),
-        Model("epoll", "servers.epoll_loop:EpollServer",
+        Model("epoll", "servers.epoll_loop:EpollServer", "selecting",
               "epoll(7), level-triggered: the kernel keeps the interest list, reports ready fds"),
-        Model("epoll-et", "servers.epoll_loop:EdgeTriggeredEpollServer",
+        Model("epoll-et", "servers.epoll_loop:EdgeTriggeredEpollServer", "selecting",
               "epoll(7), edge-triggered: one registration, read and write until EAGAIN"),
-        Model("sigio", "servers.sigio_loop:SigioServer",
+        Model("sigio", "servers.sigio_loop:SigioServer", "interrupt",
               "signal-driven I/O: O_ASYNC raises SIGIO, the server sleeps until it comes"),
-        Model("thread", "servers.thread_per_client:ThreadServer",
+        Model("thread", "servers.thread_per_client:ThreadServer", "threads",
               "a thread per client, blocking sockets; the chat room behind a lock"),
-        Model("fork", "servers.fork_per_client:ForkServer",
+        Model("fork", "servers.fork_per_client:ForkServer", "processes",
               "a process per client; chat lines cross processes through socketpairs to a hub"),
-        Model("asyncio", "servers.asyncio_server:AsyncioServer",
+        Model("asyncio", "servers.asyncio_server:AsyncioServer", "event loop",
               "asyncio Protocols on the stdlib event loop (the usual Python choice)"),
-        Model("uvloop", "servers.asyncio_server:UvloopServer",
+        Model("uvloop", "servers.asyncio_server:UvloopServer", "event loop",
               "the same asyncio code on uvloop's libuv-based loop", requires="uvloop"),
     )
 }

@@ -12,10 +12,12 @@ from pathlib import Path
 from muxbench.native import compile_c
 
 HERE = Path(__file__).resolve().parent / "reference"
+# Its name in a run, beside the models': a command server (`muxbench bench --server`).
+C_SERVER = "c-epoll"
 
 
 def reference_server_command() -> list[str] | None:
-    """argv of the C echo server ("c-epoll"); append --host/--port. None without a compiler."""
+    """argv of the C echo server (C_SERVER); append --host/--port. None without a compiler."""
     binary = compile_c(HERE / "echo_epoll.c", "echo_epoll")
     return None if binary is None else [str(binary)]
 

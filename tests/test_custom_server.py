@@ -22,10 +22,10 @@ from matplotlib.colors import to_hex
 
 from bench import results as R
 from bench.report.measures import COLOURS, colour, model_sort_key
-from bench.run.scenarios import REFERENCE, SCENARIOS
+from bench.run.scenarios import SCENARIOS
 from bench.sample.environment import placement
 from muxbench.procs import group_members
-from servers.reference import reference_server_command
+from servers.reference import C_SERVER, reference_server_command
 from tests.support import MUXBENCH, ROOT
 
 # A server of another form: a plain threaded Python script, echo or chat.  On its
@@ -190,8 +190,8 @@ def test_a_command_server_is_drawn_in_a_colour_of_its_own():
     names = ["mine", "socat", "nginx", "my-server", "a", "b", "c", "d", "e", "f", "g", "h"]
     assert {to_hex(colour(name)) for name in names}.isdisjoint(built_in)
     assert colour("mine") == colour("mine")
-    order = sorted(["mine", REFERENCE, "epoll", "aaa", "select"], key=model_sort_key)
-    assert order == ["select", "epoll", "aaa", "mine", REFERENCE]  # the C limit last
+    order = sorted(["mine", C_SERVER, "epoll", "aaa", "select"], key=model_sort_key)
+    assert order == ["select", "epoll", "aaa", "mine", C_SERVER]  # the C limit last
 
 
 @pytest.mark.skipif(shutil.which("socat") is None,
@@ -210,12 +210,12 @@ def test_socat_is_a_server_too(tmp_path):
 
 @pytest.mark.skipif(reference_server_command() is None, reason="no C compiler")
 def test_the_c_reference_runs_as_a_command_server(tmp_path):
-    run, data = bench(tmp_path, "--models", REFERENCE, "--scenarios", "echo_clients")
+    run, data = bench(tmp_path, "--models", C_SERVER, "--scenarios", "echo_clients")
     assert run.returncode == 0, run.stderr
     [trial] = data["trials"]
-    assert trial["model"] == REFERENCE
+    assert trial["model"] == C_SERVER
     assert_measured(trial)
-    command = data["environment"]["servers"][REFERENCE]["command"]
+    command = data["environment"]["servers"][C_SERVER]["command"]
     assert shlex.split(command)[1:] == ["--host", "{host}", "--port", "{port}"]
 
 
@@ -284,7 +284,7 @@ def test_a_server_that_never_gets_ready_fails_its_trials_and_leaves_nothing(tmp_
     (["--server", "my server=cat {port}"], "a name is a letter"),
     (["--server", "9lives=cat {port}"], "a name is a letter"),
     (["--server", "epoll=cat {port}"], "--server epoll: the name is taken"),
-    (["--server", f"{REFERENCE}=cat {{port}}"], f"--server {REFERENCE}: the name is taken"),
+    (["--server", f"{C_SERVER}=cat {{port}}"], f"--server {C_SERVER}: the name is taken"),
     (["--server", "all=cat {port}"], "--server all: the name is taken"),
     (["--server", "a=cat {port}", "--server", "a=cat {port}"], "--server a: given twice"),
     (["--server", "mine=cat --host {host}"], "the command must contain {port}"),

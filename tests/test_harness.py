@@ -24,12 +24,13 @@ from bench.run.console import Display
 from bench.run.launch import CommandServer, Launched, TrialSpec
 from bench.run.outcome import classify
 from bench.run.runner import OVERLAP_MAX_TASKS, Runner
-from bench.run.scenarios import REFERENCE, SCENARIOS, plan, scenario_models
+from bench.run.scenarios import SCENARIOS, plan, scenario_models
 from bench.run.suite import available_models
 from bench.run.trial import others_note, run_trial
 from bench.sample.cgroup import CGROUP_ROOT, PREFIX
 from bench.sample.environment import damon_monitors, placement
 from muxbench.procs import group_members
+from servers.reference import C_SERVER
 from tests import fake_results
 from tests.support import MUXBENCH, ROOT, kill_group, process_tree, spawn, wait_for
 
@@ -158,7 +159,7 @@ FAKE_SERVER = textwrap.dedent("""
 """)
 
 
-def _spec(model: str = REFERENCE, cmd: list[str] | None = None, clients: int = 20,
+def _spec(model: str = C_SERVER, cmd: list[str] | None = None, clients: int = 20,
           ready_timeout: float = 15.0) -> TrialSpec:
     server = None if cmd is None else CommandServer(model, f"{shlex.join(cmd)} {{port}}")
     return TrialSpec("idle", "idle", model, "echo", {"clients": clients}, 0, duration=0.5,
@@ -167,7 +168,7 @@ def _spec(model: str = REFERENCE, cmd: list[str] | None = None, clients: int = 2
                      connections=clients, server=server, ready_timeout=ready_timeout)
 
 
-def _trial_with(cmd: list[str] | None, model: str = REFERENCE,
+def _trial_with(cmd: list[str] | None, model: str = C_SERVER,
                 ready_timeout: float = 15.0) -> tuple[dict, int]:
     where = placement()
     spec = _spec(model, cmd, ready_timeout=ready_timeout)

@@ -10,13 +10,14 @@ from itertools import pairwise
 from typing import Any
 
 from bench.metrics import CPU, P50, P99, Metric
-from bench.report.measures import REFERENCE, Run, fmt, fmt_ratio, fmt_x, knee, scenario_metrics
+from bench.report.measures import Run, fmt, fmt_ratio, fmt_x, knee, scenario_metrics
+from servers.reference import C_SERVER
 
 
 def ranked(run: Run, scenario: str, x: Any, m: Metric) -> list[tuple[str, float]]:
     """Contenders (not the C reference) with a median at x, best first."""
     values = [(model, run.median(scenario, model, x, m)) for model in run.models(scenario)
-              if model != REFERENCE]
+              if model != C_SERVER]
     present = [(model, v) for model, v in values if v is not None]
     return sorted(present, key=lambda mv: mv[1], reverse=not m.lower_is_better)
 
@@ -50,7 +51,7 @@ def _extremes(run: Run, scenario: str, x: Any, m: Metric) -> list[str]:
     if factor is not None:
         text += f": {fmt_ratio(factor)} {'more' if m.lower_is_better else 'less'}"
     sentences = [text + "."]
-    ref = run.median(scenario, REFERENCE, x, m)
+    ref = run.median(scenario, C_SERVER, x, m)
     if ref:
         gap = ratio(bv, ref) if m.lower_is_better else ratio(ref, bv)
         if gap is not None and gap >= 1:

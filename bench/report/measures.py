@@ -24,26 +24,18 @@ from bench.metrics import (
     Metric,
 )
 from bench.results import group_points, metric, summary
+from servers.models import MODELS
+from servers.reference import C_SERVER
 
-REFERENCE = "c-epoll"  # the C server: drawn as the limit, never a contender
-
-# One fixed colour per model, in every plot.
-COLOURS: dict[str, str] = {
-    "polling": "#d62728",
-    "select": "#ff7f0e",
-    "poll": "#bcbd22",
-    "epoll": "#1f77b4",
-    "epoll-et": "#17becf",
-    "sigio": "#9467bd",
-    "thread": "#2ca02c",
-    "fork": "#8c564b",
-    "asyncio": "#e377c2",
-    "uvloop": "#7f7f7f",
-    REFERENCE: "#000000",
-}
-MODEL_ORDER = list(COLOURS)
+# One fixed colour per model, in every plot, in catalogue order: matplotlib's ten
+# defaults, reordered so that neighbours in the catalogue contrast.  The C server,
+# drawn as the limit and never a contender, is black.
+PALETTE = ("#d62728", "#ff7f0e", "#bcbd22", "#1f77b4", "#17becf", "#9467bd", "#2ca02c",
+           "#8c564b", "#e377c2", "#7f7f7f")
+COLOURS: dict[str, str] = {**dict(zip(MODELS, PALETTE, strict=False)), C_SERVER: "#000000"}
+MODEL_ORDER = [*MODELS, C_SERVER]
 # For a model of no fixed colour (a server given with `muxbench bench --server`):
-# never one of the built-in models' colours, which are all ten of matplotlib's defaults.
+# never one of the built-in models' colours.
 OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e6550d", "#31a354",
                  "#3182bd", "#756bb1", "#636363")
 
@@ -56,7 +48,7 @@ def colour(model: str) -> str:
 def model_sort_key(model: str) -> tuple[int, str]:
     """Catalogue order; any other model (a --server) after the built-in ones, by name,
     and the C reference last, as the limit they are all read against."""
-    if model == REFERENCE:
+    if model == C_SERVER:
         return (len(MODEL_ORDER) + 1, "")
     return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
 

@@ -25,7 +25,8 @@ from bench.metrics import (
     THROUGHPUT,
     Metric,
 )
-from bench.report.measures import REFERENCE, Run, colour, fmt_x, knee
+from bench.report.measures import Run, colour, fmt_x, knee
+from servers.reference import C_SERVER
 
 # How each axis shows a metric: factor applied to the stored value, unit label.
 PERCENT = (100.0, "% of a core")
@@ -134,8 +135,8 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
         pts = [(p.x, p.stat(m)) for p in run.points(scenario, model)]
         good = [(x, s) for x, s in pts if s["median"] is not None]
         style = ({"color": "black", "linestyle": "--", "linewidth": 2.0, "marker": "s",
-                  "label": f"{REFERENCE} (C: the limit)", "zorder": 5}
-                 if model == REFERENCE else
+                  "label": f"{C_SERVER} (C: the limit)", "zorder": 5}
+                 if model == C_SERVER else
                  {"color": colour(model), "marker": "o", "linewidth": 1.5, "label": model})
         if good:
             xs = [x for x, _ in good]

@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from servers.models import MODELS
+from servers.reference import C_SERVER
+
 if TYPE_CHECKING:
     from bench.run.launch import CommandServer
 
-# The C epoll echo server, run as a command server: the limit every echo figure is read against.
-REFERENCE = "c-epoll"
 SUITES = ("quick", "default", "full")
 
 
@@ -87,17 +88,17 @@ class Scenario:
 # Within 2 minutes the C server fits in echo_clients only, within 10 in three scenarios.
 BIG = ("default", "full")
 SCANNERS = ("select", "poll", "epoll")  # the fd-count comparison
-NOT_FORK = ("polling", "select", "poll", "epoll", "epoll-et", "sigio", "thread", "asyncio",
-            "uvloop")
+# The models that serve from one process: a thousand forked children cost minutes.
+ONE_PROCESS = tuple(name for name, model in MODELS.items() if model.approach != "processes")
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(
         "idle", "CPU and memory with idle clients", "idle", "echo", "clients",
         "idle clients", True,
         {"quick": pts("clients", [100]) + pts("clients", [1100], only=SCANNERS),
-         "default": pts("clients", [100]) + pts("clients", [1100], only=NOT_FORK),
+         "default": pts("clients", [100]) + pts("clients", [1100], only=ONE_PROCESS),
          "full": pts("clients", [10, 100, 1100, 3000])
-         + pts("clients", [10000], only=NOT_FORK)},
+         + pts("clients", [10000], only=ONE_PROCESS)},
         why="polling's cost with nothing to do, select's fd ceiling, memory per connection"),
     Scenario(
         "cpu_vs_clients", "Server CPU vs clients at a fixed per-client rate", "echo", "echo",
@@ -144,9 +145,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
         {"quick": pts("idle", [10], active=10, size=64)
          + pts("idle", [1000], only=SCANNERS, active=10, size=64),
          "default": pts("idle", [10], active=10, size=64)
-         + pts("idle", [1000], only=NOT_FORK, active=10, size=64),
+         + pts("idle", [1000], only=ONE_PROCESS, active=10, size=64),
          "full": pts("idle", [10, 100, 1000], active=10, size=64)
-         + pts("idle", [10000], only=NOT_FORK, active=10, size=64)},
+         + pts("idle", [10000], only=ONE_PROCESS, active=10, size=64)},
         why="O(watched) against O(ready): what a wait costs as idle fds pile up",
         headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
     Scenario(
@@ -181,7 +182,7 @@ def scenario_models(scenario: Scenario, suite: str, models: list[str],
     if scenario.models is None:
         names += [name for name, server in (servers or {}).items()
                   if server.protocol == scenario.protocol
-                  and (name != REFERENCE or suite in scenario.reference)]
+                  and (name != C_SERVER or suite in scenario.reference)]
     return names
 
 

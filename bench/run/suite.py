@@ -24,7 +24,6 @@ from bench.run.console import Display, describe, summary_table
 from bench.run.launch import READY_TIMEOUT, CommandServer, TrialSpec
 from bench.run.runner import Runner
 from bench.run.scenarios import (
-    REFERENCE,
     SCENARIOS,
     SUITE_SETTINGS,
     SUITES,
@@ -40,6 +39,7 @@ from bench.sample.environment import environment, loadavg, placement
 from muxbench import procs
 from muxbench.argtypes import float_where, positive_int
 from servers.models import MODELS
+from servers.reference import C_SERVER
 
 EVERY = "all"  # --models all: every available model, also beside --server
 
@@ -57,7 +57,7 @@ a connection to that address succeeds, within --ready-timeout seconds, or the
 trial fails with the reason (its exit status, or "not listening", and the last
 lines of its output) and the suite goes on.  With --server and no --models,
 only the --server entries run; --models names the built-in ones to run beside
-them ({EVERY}: every available one, {REFERENCE} included).  Example:
+them ({EVERY}: every available one, {C_SERVER} included).  Example:
   muxbench bench --suite quick --server mine='./echo-server --port {{port}}' --models epoll
 """
 
@@ -76,7 +76,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "clients, 5 repeats); default: default")
     parser.add_argument("--models", action="append", metavar="M[,M...]",
                         help="only these models (repeatable; default every available one, "
-                             f"plus {REFERENCE} where gcc exists, or none beside --server; "
+                             f"plus {C_SERVER} where gcc exists, or none beside --server; "
                              f"'{EVERY}': every available one)")
     parser.add_argument("--server", action="append", metavar="NAME=COMMAND",
                         help="also run this server, started by COMMAND with {host} and "
@@ -116,16 +116,16 @@ def available_models(wanted: list[str]) -> tuple[list[str], dict[str, str],
         elif not wanted or name in wanted:
             models.append(name)
     servers = {}
-    if not wanted or REFERENCE in wanted:
+    if not wanted or C_SERVER in wanted:
         try:
             from servers.reference import reference_server_template
             command = reference_server_template()
             if command is None:
-                skipped[REFERENCE] = "no C compiler found, the C reference server is skipped"
+                skipped[C_SERVER] = "no C compiler found, the C reference server is skipped"
             else:
-                servers[REFERENCE] = CommandServer(REFERENCE, command, "echo")
+                servers[C_SERVER] = CommandServer(C_SERVER, command, "echo")
         except (ImportError, RuntimeError, OSError) as exc:
-            skipped[REFERENCE] = f"C reference server unavailable: {exc}"
+            skipped[C_SERVER] = f"C reference server unavailable: {exc}"
     return models, skipped, servers
 
 
@@ -133,7 +133,7 @@ def command_servers(values: list[str] | None, protocol: str) -> dict[str, Comman
     """The --server entries, each checked (ValueError: one line on the first bad one)."""
     servers: dict[str, CommandServer] = {}
     for text in values or []:
-        server = CommandServer.parse(text, protocol, taken={*MODELS, REFERENCE, EVERY})
+        server = CommandServer.parse(text, protocol, taken={*MODELS, C_SERVER, EVERY})
         if server.name in servers:
             raise ValueError(f"--server {server.name}: given twice")
         servers[server.name] = server
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"muxbench bench: {exc}", file=sys.stderr)
         return 2
-    known = [*MODELS, REFERENCE, *own]
+    known = [*MODELS, C_SERVER, *own]
     unknown = ([m for m in wanted_models if m not in known and m != EVERY]
                + [s for s in wanted_scenarios if s not in SCENARIOS])
     if unknown:
