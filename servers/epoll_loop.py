@@ -43,7 +43,7 @@ class EpollServer(Reactor):
         dispatch, conns = self.dispatch, self.conns
         # Level-triggered, a report asks for one read: what is left is
         # reported again.  Edge-triggered, it asks for reads until EAGAIN.
-        on_readable = self.on_readable if self.drain else self.read
+        on_readable = self.on_readable if self.edge_triggered else self.read
         poll, only_in = self.epoll.poll, select.EPOLLIN
         while True:
             # Connections left unfinished (edge-triggered only) get no new
@@ -70,13 +70,13 @@ class EpollServer(Reactor):
 class EdgeTriggeredEpollServer(EpollServer):
     """Edge-triggered: a fd is reported once per change, so every handler
     reads, writes and accepts until EAGAIN -- data left behind would never
-    be reported again.  A connection still readable after DRAIN_READS reads
+    be reported again.  A connection still readable after EDGE_READS reads
     waits on the ready list (`unfinished`) while the others are served, so
     that one client sending without pause cannot starve the rest.  In
     exchange each fd is registered once, for both directions, and never
     modified: no epoll_ctl per backlog episode."""
 
-    drain = True
+    edge_triggered = True
     listen_events = select.EPOLLIN | select.EPOLLET
 
     def watch(self, conn: Connection) -> None:

@@ -53,7 +53,7 @@ class ForkServer(EpollServer):
         super().__init__(listener, protocol, options)
         # A private protocol (echo) shares nothing between clients: each
         # child serves its client alone, with no hub.
-        self.alone = protocol.private
+        self.private = protocol.private
         self.children: set[int] = set()  # pids forked and not reaped yet
         self.child_of: dict[int, int] = {}  # hub fd -> pid of the child at its other end
 
@@ -89,7 +89,7 @@ class ForkServer(EpollServer):
             return
         hub_end = child_end = None
         try:
-            if not self.alone:
+            if not self.private:
                 hub_end, child_end = socket.socketpair()
             pid = self.fork(sock, child_end, peer)
         except OSError as exc:  # EMFILE for the pair, EAGAIN or ENOMEM for fork
@@ -171,14 +171,14 @@ class ForkServer(EpollServer):
             close_fds_except(keep)
             tune(sock)
             if hub is None:
-                self.serve_alone(sock, peer)
+                self.serve_private(sock, peer)
             else:
                 relay(sock, hub, peer)
             status = 0
         finally:
             os._exit(status)
 
-    def serve_alone(self, sock: socket.socket, peer: str) -> None:
+    def serve_private(self, sock: socket.socket, peer: str) -> None:
         key = sock.fileno()
         self.protocol.join(key)
         try:

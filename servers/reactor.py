@@ -59,16 +59,16 @@ class Connection:
 class Reactor:
     """Base of the single-threaded models; subclasses supply the mechanism."""
 
-    #: Read (and accept, and write) until EAGAIN on every readiness report.
-    #: Required where a report is an edge -- it will not be repeated for data
-    #: left behind -- i.e. epoll with EPOLLET, and SIGIO.
-    drain = False
+    #: A readiness report is an edge: it is not repeated for data left behind,
+    #: so every report is worked until EAGAIN (read, accept, write).  True for
+    #: epoll with EPOLLET, and for SIGIO.
+    edge_triggered = False
 
-    #: In drain mode, reads one report may take before its connection yields
-    #: (1 MiB at RECV_SIZE).  Reading until EAGAIN in one go lets a client that
-    #: sends without pause hold the loop for as long as it likes; epoll(7)'s
-    #: answer is a ready list served round robin, which `unfinished` is.
-    DRAIN_READS = 16
+    #: Reads one edge may take before its connection yields (1 MiB at
+    #: RECV_SIZE).  Reading until EAGAIN in one go lets a client that sends
+    #: without pause hold the loop for as long as it likes; epoll(7)'s answer
+    #: is a ready list served round robin, which `unfinished` is.
+    EDGE_READS = 16
 
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         set_nonblocking(listener)  # a reset between readiness and accept must not hang us
@@ -81,7 +81,7 @@ class Reactor:
         self.throttle = protocol.throttle  # None: nothing room-wide (echo)
         self.paused = False  # the room reads nobody: a member is behind
         self.conns: dict[int, Connection] = {}
-        # Drain mode: connections left readable when their read budget ran out.
+        # Edge-triggered: connections left readable when their read budget ran out.
         # No new report will come for that data, so the loop must come back.
         self.unfinished: dict[int, Connection] = {}
         self.acceptor = Acceptor(listener)
@@ -126,7 +126,7 @@ class Reactor:
         conn = self.conns.get(fd)
         if conn is None:
             if fd == self.wake_fd:
-                shutdown.drain(fd)
+                shutdown.empty_wake_fd(fd)
                 self.on_signal()
             return  # else: closed earlier in this batch of reports
         if writable:
@@ -154,7 +154,7 @@ class Reactor:
             sock, addr = accepted
             if sock is not None:
                 self.admit(sock, addr)
-            if not self.drain:
+            if not self.edge_triggered:
                 return  # level-triggered: the next report brings the next one
 
     def admit(self, sock: socket.socket, addr: tuple) -> None:
@@ -181,11 +181,11 @@ class Reactor:
         return conn
 
     def on_readable(self, conn: Connection) -> None:
-        """A readiness report: one read, or in drain mode up to DRAIN_READS."""
-        if not self.drain:
+        """A readiness report: one read, or on an edge up to EDGE_READS."""
+        if not self.edge_triggered:
             self.read(conn)
             return
-        for _ in range(self.DRAIN_READS):
+        for _ in range(self.EDGE_READS):
             more = self.read(conn)
             if self.pending:
                 # Written before the next read, so that an echo client which does
@@ -274,7 +274,7 @@ class Reactor:
                 self.close(conn, exc.strerror)
                 return
             outbox.consume(sent)
-            if not self.drain:
+            if not self.edge_triggered:
                 break
         if not outbox and conn.eof:
             self.close(conn)
@@ -303,7 +303,7 @@ class Reactor:
         self.paused = paused
         for conn in self.conns.values():
             self.refresh(conn)
-        if self.drain and not paused:
+        if self.edge_triggered and not paused:
             # What arrived while the room was held raised its one edge then.
             self.unfinished.update(self.conns)
 

@@ -75,7 +75,7 @@ def install() -> int:
     return wake_r
 
 
-def drain(wake_fd: int) -> None:
+def empty_wake_fd(wake_fd: int) -> None:
     """Empty the wake fd, so that a level-triggered wait does not report it again."""
     with contextlib.suppress(BlockingIOError):
         while os.read(wake_fd, 512):

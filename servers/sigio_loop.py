@@ -31,7 +31,7 @@ def arm(fd: int) -> None:
 
 
 class SigioServer(PollingServer):
-    drain = True
+    edge_triggered = True
 
     def __init__(self, listener, protocol, options) -> None:
         super().__init__(listener, protocol, options)

@@ -85,7 +85,7 @@ class ThreadServer:
         self.limits = protocol.limits
         # A private protocol (echo) shares nothing between clients: the
         # reading thread sends the answer itself, without the lock.
-        self.direct = protocol.private
+        self.private = protocol.private
         self.lock = threading.Lock()  # guards the room, every Outbox and `clients`
         self.throttle = protocol.throttle
         # Notified whenever the room may read again: a member caught up or left.
@@ -117,7 +117,7 @@ class ThreadServer:
         client = Client(sock, peer, Outbox(self.limits.max_output), self.lock)
         client.reader = threading.Thread(target=self.serve, args=(client,),
                                          name=f"reader {peer}", daemon=True)
-        if not self.direct:
+        if not self.private:
             client.writer = threading.Thread(target=self.write_loop, args=(client,),
                                              name=f"writer {peer}", daemon=True)
         with self.lock:
@@ -181,7 +181,7 @@ class ThreadServer:
                 if not n:
                     return None
                 data = buf[:n]  # bytes: the protocol may keep them
-                if self.direct:
+                if self.private:
                     # Echo shares nothing between clients, so its threads take
                     # no lock: synchronisation is the price of the shared room,
                     # and only chat pays it.

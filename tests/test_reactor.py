@@ -69,7 +69,7 @@ def hog(server, budget: int, reads: int) -> tuple[socket.socket, Connection]:
 
     Each RECV_SIZE goes in its own write, so that each read takes exactly one.
     """
-    server.DRAIN_READS = budget
+    server.EDGE_READS = budget
     client, conn = seated(server, "hog")
     for _ in range(reads):
         client.sendall(b"h" * RECV_SIZE)
