@@ -21,7 +21,7 @@ import pytest
 
 from bench.sample import taskstats
 from bench.sample.cgroup import CpuCgroup
-from bench.sample.sampler import HUSHED_TICK_MAX, MAX_SHARE, TreeSampler
+from bench.sample.sampler import MAX_SHARE, WINDOW_TICK_MAX, TreeSampler
 from tests.support import ROOT, kill_group, piped, process_tree, wait_for
 
 BURN_S = 0.3  # per burner; the tree burns 3 of them
@@ -294,9 +294,9 @@ FORKER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("children", [False, True])
-def test_hushed_only_cheap_ticks_run(children):
+def test_while_costly_ticks_are_held_only_cheap_ones_run(children):
     """In the window the sampler shares the generator's CPU: a tree whose
-    tick is dear is not read there (the tick in progress is dropped at once),
+    tick is costly is not read there (the tick in progress is dropped at once),
     a cheap one still is."""
     source = FORKER if children else THREADS.replace("range(400)", "range(1)")
     with piped([sys.executable, "-c", source], text=True) as proc:
@@ -305,20 +305,20 @@ def test_hushed_only_cheap_ticks_run(children):
         sampler.start()
         try:
             assert wait_for(lambda: len(sampler.samples) >= 2)
-            assert (sampler.tick_cost > HUSHED_TICK_MAX) is children
-            sampler.hush(True)
+            assert (sampler.tick_cost > WINDOW_TICK_MAX) is children
+            sampler.hold_costly_ticks(True)
             before, spent = len(sampler.samples), sampler.cost
             time.sleep(0.6)
-            hushed, hushed_cost = len(sampler.samples) - before, sampler.cost - spent
-            sampler.hush(False)
-            assert wait_for(lambda: len(sampler.samples) > before + hushed)
+            held, held_cost = len(sampler.samples) - before, sampler.cost - spent
+            sampler.hold_costly_ticks(False)
+            assert wait_for(lambda: len(sampler.samples) > before + held)
         finally:
             sampler.stop()
     if children:
         # At most the tick that was under way: dropped after a process or two.
-        assert hushed == 0 and hushed_cost < HUSHED_TICK_MAX, (hushed, hushed_cost)
+        assert held == 0 and held_cost < WINDOW_TICK_MAX, (held, held_cost)
     else:
-        assert hushed >= 5
+        assert held >= 5
 
 
 def test_tasks_counts_every_thread_of_the_tree():

@@ -47,8 +47,9 @@ def _kinds(load: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) or "no error kinds given"
 
 
-def derived(server: dict | None, load: dict | None) -> dict:
-    """Per-message and per-connection figures, None where they do not apply."""
+def figures(server: dict | None, load: dict | None) -> dict:
+    """A trial's "derived" record: per-message and per-connection figures, and the
+    ones the gate reads; None where they do not apply."""
     out = {"cpu_per_msg_us": None, "ctx_per_msg": None, "pss_per_conn_bytes": None,
            "throughput_msgs_s": None, "p99_us": None}
     if load:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from bench.results import utc_now
 from bench.run.launch import Launched, TrialSpec
-from bench.run.outcome import classify, derived
+from bench.run.outcome import classify, figures
 from bench.sample import procfs
 from bench.sample.environment import Placement
 from bench.sample.sampler import TreeSampler
@@ -101,13 +101,13 @@ class Trial:
                 self.warmup_at = time.monotonic()
                 self.sampler.wake()
             elif line == markers.WINDOW_START:
-                self.sampler.hush(True)  # first: a dear tick in progress must stop now
+                self.sampler.hold_costly_ticks(True)  # first: a costly tick must stop now
                 self._mark_client_cpus("start")
                 self.sampler.mark("start", memory=False)
             elif line == markers.WINDOW_END:
                 self._mark_client_cpus("end")
                 self.sampler.mark("end", memory=False)
-                self.sampler.hush(False)
+                self.sampler.hold_costly_ticks(False)
                 if self.on_window_end is not None:
                     self.on_window_end()
             elif line:
@@ -123,7 +123,7 @@ class Trial:
         trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
                  "point": spec.point, "repeat": spec.repeat, "status": "failed",
                  "reason": self.failure, "started_at": self.started_at, "duration_s": None,
-                 "server": None, "client": None, "derived": derived(None, None), "load": None,
+                 "server": None, "client": None, "derived": figures(None, None), "load": None,
                  "cleanup": None}
         try:
             if self.failure is None:
@@ -153,7 +153,7 @@ class Trial:
         if self.rusage is not None:
             client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage",
                       "window": self._client_window(load)}
-        trial.update(server=stats, client=client, load=load, derived=derived(stats, load),
+        trial.update(server=stats, client=client, load=load, derived=figures(stats, load),
                      timeline=self._timeline())
         outcome = {"timed_out": timed_out, "exit_status": self.load_proc.returncode,
                    "stderr": " | ".join(self.lines[-3:]), "timeout_s": self.spec.load_timeout()}

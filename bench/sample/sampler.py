@@ -14,7 +14,7 @@ closing its connections, so a reading then races the server's teardown (a
 forking server's children exiting).  The memory of a window is instead that of
 the ticks that lie wholly between the moment the load began (`wake()` asks for
 one then, during the warm-up) and the window's end; inside the window only
-cheap ticks run (`hush()`).
+cheap ticks run (`hold_costly_ticks()`).
 
 CPU of a tree: with a cgroup (bench/sample/cgroup.py) the kernel's counter for the
 group.  Otherwise psutil: the sum over the live processes of the tree of their
@@ -54,8 +54,8 @@ from bench.sample.cgroup import CpuCgroup
 
 # At most this share of a CPU goes to the periodic ticks.
 MAX_SHARE = 0.1
-# CPU seconds a tick may cost inside the measurement window (see hush()).
-HUSHED_TICK_MAX = 0.02
+# CPU seconds a tick may cost inside the measurement window (see hold_costly_ticks()).
+WINDOW_TICK_MAX = 0.02
 
 
 @dataclass
@@ -97,7 +97,7 @@ class TreeSampler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._restart = threading.Event()  # wake(): drop the tick in progress
-        self._hushed = threading.Event()  # hush(): the measurement window is open
+        self._holding = threading.Event()  # hold_costly_ticks(): the window is open
         self.tick_cost = 0.0  # CPU seconds of the last whole tick
         self._thread: threading.Thread | None = None
         self._ctx_seen: dict[tuple[int, int], tuple[int, int]] = {}
@@ -219,10 +219,11 @@ class TreeSampler:
             return done
 
     def _abandoning(self) -> bool:
-        return self._stop.is_set() or self._restart.is_set() or self._too_dear_now()
+        return self._stop.is_set() or self._restart.is_set() or self._held()
 
-    def _too_dear_now(self) -> bool:
-        return self._hushed.is_set() and self.tick_cost > HUSHED_TICK_MAX
+    def _held(self) -> bool:
+        """Ticks are held and cost more than a window allows: none may run now."""
+        return self._holding.is_set() and self.tick_cost > WINDOW_TICK_MAX
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
@@ -234,8 +235,8 @@ class TreeSampler:
         self._restart.set()
         self._wake.set()
 
-    def hush(self, on: bool) -> None:
-        """While on, ticks that cost more than HUSHED_TICK_MAX wait, and one
+    def hold_costly_ticks(self, on: bool) -> None:
+        """While on, ticks that cost more than WINDOW_TICK_MAX wait, and one
         in progress is dropped -- wake()'s too, if it has not finished by
         then: the window then has no memory figures rather than a starved
         generator.  The sampler shares the load generator's CPU, and in a
@@ -243,9 +244,9 @@ class TreeSampler:
         CPU) left the generator hundreds of sends behind; a small tree's
         ticks go on, and the window still gets its memory readings."""
         if on:
-            self._hushed.set()
+            self._holding.set()
         else:
-            self._hushed.clear()
+            self._holding.clear()
 
     def stop(self) -> None:
         self._stop.set()
@@ -262,7 +263,7 @@ class TreeSampler:
                 return
             self._wake.clear()
             self._restart.clear()
-            if self._too_dear_now():
+            if self._held():
                 wait = self.interval
                 continue
             spent = self.cost
