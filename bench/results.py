@@ -1,58 +1,12 @@
 """results/<run-id>/results.json: the one raw record every table and plot is rebuilt from.
 
-Public API (stable; the report, compare and regression code import it):
-
-- ``SCHEMA_VERSION``: the integer written as ``schema_version``; a file with any
-  other version is refused rather than half-understood.
-- ``ResultsError(Exception)``: every problem with a results file, as a one-line
-  message fit for ``muxbench ...: <message>`` on stderr.
-- ``load_results(path_or_run_dir) -> dict``: read ``results.json`` (a file, or a
-  run directory holding one), check ``schema_version``, the required keys of
-  the run and of every trial, and the types its readers rely on (TRIAL_TABLES).
-- ``resolve_run(arg=None, root="results") -> Path``: the run directory for a user
-  argument: ``None`` means ``ROOT/latest``; otherwise an existing directory or a
-  run id under ``root``.
-- ``results_file(arg=None, root="results") -> Path``: the results file a user
-  argument names: a file as given, whatever its name, else ``results.json`` in
-  ``resolve_run``'s directory.
-- ``write_results_atomic(path, data)``: write JSON to a temporary file in the same
-  directory, fsync, then rename over ``path``, so a killed run never leaves a
-  truncated file.
-- ``ResultsWriter(path).save(data)``: the same file, byte for byte, for a run
-  saved after every trial: each trial is encoded once.
-- ``point_latest(root, run_dir)``: make ``ROOT/latest`` a relative symlink to the
-  run directory (replaced atomically).
-- ``new_run_id(suite, when=None) -> str``: ``20261129T161500Z-quick``.
-- ``metric(trial, "derived.cpu_per_msg_us") -> float | None``: a dotted path into
-  one trial; None when any step is missing or null.
-- ``summary(values) -> {"median", "min", "max", "n"}``: over the non-None values
-  (all None and n=0 when there are none).
-- ``x_value(results, trial)``: the trial's value on its scenario's x axis.
-- ``group_points(results, statuses=("ok",))`` (alias ``points``):
-  ``{(scenario, model, protocol, x): [trial, ...]}`` with every repeat kept, in
-  file order; only trials whose status is in ``statuses``.
-- ``point_summary(results, path, statuses=("ok",))``:
-  ``{(scenario, model, protocol, x): summary(metric values of its repeats)}``.
-
-Beyond the keys every trial has (TRIAL_KEYS, and those the report reads:
-server, load, derived), the harness stores in each trial:
-``"cleanup"`` ({graceful, exit_status, leftover_procs -- processes that outlived
-the server's stop, killed, remaining_after_kill, leftover_fds}), ``"client"``
-({cpu_s, source: "rusage"}: the load generator's whole CPU, start-up included;
-``window``: what its CPUs did in the window -- busy_s, of which generator_s,
-orchestrator_s and other_s, the work of anyone else, and apart from it steal_s,
-the time the hypervisor took them away -- or null when the server or the
-orchestrator was not pinned apart),
-``"timeline"`` (seconds from the trial's start to each step: ready, load_start,
-warmup -- the generator's load began, and the memory figures begin there --, start,
-end, load_end, stopped) and, in ``"server"``,
-``pss_baseline_bytes`` and ``pss_anon_baseline_bytes`` (before any client connected),
-``pss_anon_mean_bytes`` (the PSS of anonymous pages, from which ``derived.pss_per_conn_bytes``
-is computed; see bench/sample/sampler.py) and ``window`` ("loadgen":
-CPU between the generator's window lines; "process": around its whole run) and
-``sampler_cpu_s`` (the sampler's own CPU over the trial, spent beside the generator).
-The environment adds ``skipped_models`` ({model: why}), ``cpu_accounting`` and
-``ctx_switch_accounting``.
+The hinge of bench/: the harness (bench/run/) writes runs through this module,
+the report and the gate (bench/report/, bench/gate/) read them through it, and
+neither side imports the other.  A file is checked as it is read -- its
+schema_version, the keys and types every reader relies on -- so that a damaged
+or foreign file is refused in one line (ResultsError, fit for
+``muxbench ...: <message>``) rather than half understood; and it is written
+atomically, so that a killed run never leaves a truncated one.
 """
 
 from __future__ import annotations
@@ -74,6 +28,23 @@ LATEST = "latest"
 RUN_KEYS = ("schema_version", "run_id", "suite", "status", "started_at", "environment",
             "scenarios", "trials")
 TRIAL_KEYS = ("scenario", "model", "protocol", "point", "repeat", "status")
+# Beyond these (and those the report reads: server, load, derived), the harness
+# stores in each trial: "cleanup" ({graceful, exit_status, leftover_procs --
+# processes that outlived the server's stop, killed, remaining_after_kill,
+# leftover_fds}); "client" ({cpu_s, source: "rusage"}: the load generator's whole
+# CPU, start-up included; "window": what its CPUs did in the window -- busy_s, of
+# which generator_s, orchestrator_s and other_s, the work of anyone else, and
+# apart from it steal_s, the time the hypervisor took them away -- or null when
+# the server or the orchestrator was not pinned apart); "timeline" (seconds from
+# the trial's start to each step: ready, load_start, warmup -- the generator's
+# load began, and the memory figures begin there --, start, end, load_end,
+# stopped); and in "server": pss_baseline_bytes and pss_anon_baseline_bytes
+# (before any client connected), pss_anon_mean_bytes (the PSS of anonymous pages,
+# from which derived.pss_per_conn_bytes is computed; see bench/sample/sampler.py),
+# "window" ("loadgen": CPU between the generator's window lines; "process":
+# around its whole run) and sampler_cpu_s (the sampler's own CPU over the trial,
+# spent beside the generator).  The environment adds skipped_models ({model:
+# why}), cpu_accounting and ctx_switch_accounting.
 RUN_STATUSES = ("running", "complete", "interrupted")
 TRIAL_STATUSES = ("ok", "failed", "invalid")
 
@@ -85,6 +56,7 @@ class ResultsError(Exception):
 
 
 def new_run_id(suite: str, when: dt.datetime | None = None) -> str:
+    """`20261129T161500Z-quick`: when the run began, then its suite."""
     when = when or dt.datetime.now(dt.timezone.utc)
     return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{suite}"
 
@@ -95,17 +67,18 @@ def utc_now() -> str:
 
 
 def write_results_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON to a temporary file beside `path`, fsync it, rename it over `path`."""
     _replace(Path(path), [_dumps(data), "\n"])
 
 
 class ResultsWriter:
-    """Saves a growing run as write_results_atomic would, encoding each trial once.
+    """Saves a growing run as write_results_atomic would, byte for byte, encoding
+    each trial once.
 
     The suite saves after every trial, so that a killed run loses nothing,
     while the next trial's load generator may already be measuring on the
-    same CPU.  Encoding every trial again took 20 ms at the 60th trial and
-    130 ms at the 338th: a stall that, in a 1000-client window, puts the
-    generator hundreds of sends behind.  A trial is never changed once it is
+    same CPU: encoding every trial again is a stall that grows with the run
+    and lands in that generator's window.  A trial is never changed once it is
     in the list, so its text is kept.
     """
 
@@ -165,6 +138,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def point_latest(root: str | os.PathLike, run_dir: str | os.PathLike) -> None:
+    """Make ROOT/latest a relative symlink to the run directory, replaced atomically."""
     root = Path(root)
     link = root / LATEST
     tmp = root / f".{LATEST}.{os.getpid()}"
@@ -176,6 +150,8 @@ def point_latest(root: str | os.PathLike, run_dir: str | os.PathLike) -> None:
 
 def resolve_run(arg: str | os.PathLike | None = None,
                 root: str | os.PathLike = "results") -> Path:
+    """The run directory a user names: None is ROOT/latest; else a directory, or a
+    run id under ROOT."""
     root = Path(root)
     if arg is None:
         candidate = root / LATEST
@@ -194,6 +170,8 @@ def resolve_run(arg: str | os.PathLike | None = None,
 
 def results_file(arg: str | os.PathLike | None = None,
                  root: str | os.PathLike = "results") -> Path:
+    """The results file a user names: a file as given, whatever its name, else
+    results.json in resolve_run()'s directory."""
     # A file is taken as named: two runs saved side by side as base.json and
     # new.json must not both turn into their directory's results.json.
     if arg is not None and Path(arg).is_file():
@@ -202,6 +180,9 @@ def results_file(arg: str | os.PathLike | None = None,
 
 
 def load_results(path_or_run_dir: str | os.PathLike) -> dict:
+    """A results.json (or a run directory holding one), checked: its schema_version,
+    the run's and every trial's keys, and the types its readers rely on
+    (TRIAL_TABLES, SCENARIO_TYPES); ResultsError if not."""
     path = Path(path_or_run_dir)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -308,6 +289,8 @@ def _at(obj: Any, path: Iterable[str]) -> Any:
 
 
 def metric(trial: dict, path: str) -> float | None:
+    """The number at a dotted path into one trial ("derived.cpu_per_msg_us"); None
+    when any step is missing or null, or the value is not a number."""
     value = _at(trial, path.split("."))
     if isinstance(value, bool) or not isinstance(value, NUMBER):
         return None
@@ -315,6 +298,7 @@ def metric(trial: dict, path: str) -> float | None:
 
 
 def summary(values: Iterable[float | None]) -> dict:
+    """{median, min, max, n} of the values that are not None (all None, n 0, if none)."""
     present = [v for v in values if v is not None]
     if not present:
         return {"median": None, "min": None, "max": None, "n": 0}
@@ -323,11 +307,14 @@ def summary(values: Iterable[float | None]) -> dict:
 
 
 def x_value(results: dict, trial: dict) -> Any:
+    """The trial's value on its scenario's x axis."""
     scenario = results["scenarios"].get(trial["scenario"], {})
     return trial["point"].get(scenario.get("x"))
 
 
 def group_points(results: dict, statuses: Iterable[str] = ("ok",)) -> dict[PointKey, list[dict]]:
+    """{(scenario, model, protocol, x): [trial, ...]}, every repeat kept, in file
+    order; only the trials whose status is in `statuses`."""
     wanted = set(statuses)
     grouped: dict[PointKey, list[dict]] = {}
     for trial in results["trials"]:
@@ -342,5 +329,6 @@ points = group_points
 
 def point_summary(results: dict, path: str,
                   statuses: Iterable[str] = ("ok",)) -> dict[PointKey, dict]:
+    """{(scenario, model, protocol, x): summary() of the metric over its repeats}."""
     return {key: summary(metric(t, path) for t in trials)
             for key, trials in group_points(results, statuses).items()}

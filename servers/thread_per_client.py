@@ -1,9 +1,9 @@
 """A thread per client: blocking sockets, and the kernel's scheduler as the multiplexer.
 
 The main thread waits for connections and accepts them; every client gets a
-thread that blocks in recv() on its own socket.  Nothing asks which socket is ready: a thread sleeps
-until its socket is, which is the seed's "multi-thread" model, paid for in a
-stack, a kernel task and a context switch per wake-up.
+thread that blocks in recv() on its own socket.  Nothing asks which socket is
+ready: a thread sleeps until its socket is, which is the seed's "multi-thread"
+model, paid for in a stack, a kernel task and a context switch per wake-up.
 
 Echo answers only the sender, so the reading thread sends the answer itself;
 a blocking sendall() stops it reading while the client does not read, and
@@ -169,8 +169,8 @@ class ThreadServer:
         # Each thread receives into its own mapping, not with recv(RECV_SIZE):
         # that is a 64 KiB malloc per call, held while the thread blocks, and
         # glibc serves it from the heap.  Hundreds of threads doing so leave
-        # holes the heap keeps after they exit (the soak grew 9 MiB over ten
-        # rounds of 600 threads); a mapping goes back to the kernel whole.
+        # holes the heap keeps after they exit (docs/reliability.md, the soak);
+        # a mapping goes back to the kernel whole.
         with mmap.mmap(-1, RECV_SIZE) as buf:
             recv_into, sendall = client.sock.recv_into, client.sock.sendall
             while True:

@@ -7,15 +7,11 @@ Measurement windows never overlap in practice -- a generator warms up well
 after the previous trial is done -- and a trial whose window did open early is
 flagged in its reason ("overlap"), not silently kept.
 
-Except after a server of hundreds of tasks (processes or threads): a thousand
-forked children take one to two seconds to stop, and their exit (memory
-returned, sockets closed) still weighs on the machine as the next trial warms
-up.  With the next trial begun ahead, the one after the fork model's 1000
-clients fell behind its send schedule in 4 of 8 repeats; begun after the stop,
-in none of 12.  A thousand threads stop faster alone (0.2-0.8 s), but beside
-the next server starting on the same CPU one took over 3 s and was killed as
-if it had ignored SIGTERM.  So after such a server the next trial begins once
-it is gone.
+Except after a server of hundreds of tasks (processes or threads): their exit
+(memory returned, sockets closed) takes seconds and weighs on the machine as
+the next trial warms up, putting its load generator behind its schedule, and
+the next server's start slows that exit in turn.  So after such a server the
+next trial begins once it is gone (the measurements: docs/method.md).
 """
 
 from __future__ import annotations

@@ -2,19 +2,19 @@
 
 Nothing runs inside the measured processes: a thread here reads /proc a few
 times a second (memory, threads, fds; less often for a big tree, so that the
-reading takes at most a tenth of a CPU) and `mark()` takes exact CPU and
-context-switch snapshots at the moments the load generator opens and closes
-its measurement window, so CPU is a difference of two cumulative counters,
-not an integral of samples.
+reading takes at most MAX_SHARE of a CPU, the load generator's) and `mark()`
+takes exact CPU and context-switch snapshots at the moments the load generator
+opens and closes its measurement window, so CPU is a difference of two
+cumulative counters, not an integral of samples.
 
-Memory is read neither at the window's opening nor at its close.  Reading a
-thousand processes' memory takes half a second, on the load generator's CPU,
-just as its schedule begins; and at the close the generator is already
-closing its connections, so a reading then races the server's teardown (a
-forking server's children exiting).  The memory of a window is instead that of
-the ticks that lie wholly between the moment the load began (`wake()` asks for
-one then, during the warm-up) and the window's end; inside the window only
-cheap ticks run (`hold_costly_ticks()`).
+Memory is read neither at the window's opening nor at its close: at the
+opening a big tree's reading would take the generator's CPU just as its
+schedule begins, and at the close the generator is already closing its
+connections, so a reading races the server's teardown.  The memory of a window
+is instead that of the ticks that lie wholly between the moment the load began
+(`wake()` asks for one then, during the warm-up) and the window's end; inside
+the window only cheap ticks run (`hold_costly_ticks()`).  What each of these
+cost before it was so: docs/method.md.
 
 CPU of a tree: with a cgroup (bench/sample/cgroup.py) the kernel's counter for the
 group.  Otherwise psutil: the sum over the live processes of the tree of their
@@ -124,8 +124,9 @@ class TreeSampler:
             return [root]
 
     def pids(self) -> list[int]:
-        """The tree's process ids, without a psutil object each: building a
-        thousand of them costs 60 ms, at the window's opening."""
+        """The tree's process ids, without a psutil object each: the window's
+        marks read them, where building an object per process would cost the
+        load generator's CPU time."""
         return self.cgroup.procs() if self.cgroup else [proc.pid for proc in self.processes()]
 
     def tasks(self) -> int:
@@ -239,10 +240,8 @@ class TreeSampler:
         """While on, ticks that cost more than WINDOW_TICK_MAX wait, and one
         in progress is dropped -- wake()'s too, if it has not finished by
         then: the window then has no memory figures rather than a starved
-        generator.  The sampler shares the load generator's CPU, and in a
-        half-second window a tick of a thousand processes (half a second of
-        CPU) left the generator hundreds of sends behind; a small tree's
-        ticks go on, and the window still gets its memory readings."""
+        generator, whose CPU the sampler shares.  A small tree's ticks go on,
+        and the window still gets its memory readings."""
         if on:
             self._holding.set()
         else:
@@ -270,10 +269,9 @@ class TreeSampler:
             if not self.tick():
                 wait = 0.0 if self._restart.is_set() else self.interval
                 continue
-            # The sampler runs on the load generator's CPUs: a tree of a
-            # thousand processes costs it most of a second a tick, which
-            # would starve the generator.  Space the ticks so they take at most
-            # MAX_SHARE of a CPU.
+            # The sampler runs on the load generator's CPUs, and a big tree's
+            # tick would starve the generator: space the ticks so that they
+            # take at most MAX_SHARE of a CPU.
             self.tick_cost = self.cost - spent
             wait = max(self.interval, self.tick_cost * (1 - MAX_SHARE) / MAX_SHARE)
 
