@@ -366,6 +366,19 @@ def test_bench_run_imports_the_trees_code_not_the_installed_one(tmp_path):
     assert written["argv"][:3] == ["bench", "--suite", "quick"]
 
 
+def test_bench_run_runs_a_base_from_before_muxbench_cli_its_own_way(tmp_path):
+    """A base revision older than muxbench/cli.py kept the command in bench/cli.py:
+    the gate runs that one, so it can still judge against such a base."""
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    (tree / "bench" / "__init__.py").write_text("")
+    (tree / "bench" / "cli.py").write_text(FAKE_CLI)
+    run = regress.bench_run(tree, tmp_path / "out", ["--suite", "quick"])
+    written = json.loads((run / "results.json").read_text())
+    assert Path(written["cli"]).resolve() == (tree / "bench" / "cli.py").resolve()
+    assert written["argv"][:3] == ["bench", "--suite", "quick"]
+
+
 def test_bench_run_that_writes_nothing_is_an_error(tmp_path):
     tree = stand_in_checkout(tmp_path / "tree", "raise SystemExit(1)\n")
     with pytest.raises(ResultsError, match="exit status 1"):
