@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from muxbench.argtypes import number_in, positive_int
@@ -48,6 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"(default {defaults.max_stall:g})")
     parser.add_argument("--interval", type=number_in(float, 0, 10), default=0.0,
                         help="polling only: seconds to sleep between sweeps (default 0: busy-wait)")
+    workers = ", ".join(name for name, model in MODELS.items() if model.takes_workers)
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help=f"{workers} only: worker threads or processes (default: the "
+                             "number of CPUs this process may run on)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="log only warnings (dropped and refused clients), not every drop")
 
@@ -66,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if args.interval and args.model != "polling":
         print("muxbench serve: --interval applies only to the polling model", file=sys.stderr)
         return 2
+    if args.workers and not model.takes_workers:
+        print(f"muxbench serve: --workers does not apply to the {args.model} model",
+              file=sys.stderr)
+        return 2
+    # The CPUs this server was given (a harness pins it): one worker each.
+    workers = args.workers or len(os.sched_getaffinity(0))
     raise_nofile_limit()
     try:
         listener = tcp_listen(args.host, args.port)
@@ -81,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         wake_fd = shutdown.install()  # a signal during it raises Shutdown at its end
         server = model.server_class()(
-            listener, protocol, Options(interval=args.interval, wake_fd=wake_fd))
-        print(f"muxbench serve: {args.model} ({args.protocol}) listening on "
+            listener, protocol, Options(interval=args.interval, wake_fd=wake_fd, workers=workers))
+        sized = f", {workers} workers" if model.takes_workers else ""
+        print(f"muxbench serve: {args.model} ({args.protocol}{sized}) listening on "
               f"{format_address(listener.getsockname())}", flush=True)
         server.run()
     except shutdown.Shutdown:

@@ -19,6 +19,7 @@ class Options:
 
     interval: float = 0.0  # polling: sleep between sweeps (0 = pure busy-wait)
     wake_fd: int = -1  # readable when a signal arrived; see servers/shutdown.py
+    workers: int = 1  # the models that take --workers: worker threads or processes
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,11 @@ class Model:
     target: str  # "module:Class"
     # The seed's word for how the model learns that a socket is ready ("polling",
     # "selecting", "interrupt"), or for what else serves its clients at once
-    # ("threads", "processes", "event loop").
+    # ("threads", "processes", "event loop", "thread pool", "worker processes").
     approach: str
     description: str
     requires: str | None = None  # a module that must be importable
+    takes_workers: bool = False  # sized by --workers
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -61,6 +63,9 @@ MODELS: dict[str, Model] = {
               "a thread per client, blocking sockets; the chat room behind a lock"),
         Model("fork", "servers.fork_per_client:ForkServer", "processes",
               "a process per client; chat lines cross processes through socketpairs to a hub"),
+        Model("threadpool", "servers.thread_pool:ThreadPoolServer", "thread pool",
+              "an epoll dispatcher thread hands ready sockets to a fixed pool of worker threads",
+              takes_workers=True),
         Model("asyncio", "servers.asyncio_server:AsyncioServer", "event loop",
               "asyncio Protocols on the stdlib event loop (the usual Python choice)"),
         Model("uvloop", "servers.asyncio_server:UvloopServer", "event loop",

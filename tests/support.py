@@ -194,6 +194,43 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
     return predicate()
 
 
+# -- chat rooms ------------------------------------------------------------------------
+
+
+def join_room(server: ServerProcess, n: int,
+              connect: Callable[[int], socket.socket] | None = None) -> list[socket.socket]:
+    """n chat members, each known to be in the room: all saw the last one's hello.
+
+    Each joins only once the one before it heard itself, so this holds for a
+    model whose workers accept from queues of their own (reuseport): a client
+    that has merely connected may not have been accepted yet, whatever its
+    place in line.  `connect(i)` makes the i-th member's socket (default
+    server.connect())."""
+    socks: list[socket.socket] = []
+    for i in range(n):
+        sock = connect(i) if connect is not None else server.connect()
+        socks.append(sock)
+        hello = b"hello %d\n" % i
+        sock.sendall(hello)
+        for member in socks:
+            assert recv_exactly(member, len(hello)) == hello
+    return socks
+
+
+def say_in_turns(socks: list[socket.socket], rounds: int) -> None:
+    """Every member says `rounds` lines, in turns; each must get every sender's
+    lines whole and in that sender's order (senders interleave as they may)."""
+    for round_ in range(rounds):
+        for i, sock in enumerate(socks):
+            sock.sendall(b"%d from %d\n" % (round_, i))
+    expected = {i: [b"%d from %d\n" % (r, i) for r in range(rounds)] for i in range(len(socks))}
+    size = sum(len(line) for lines in expected.values() for line in lines)
+    for sock in socks:
+        got = recv_exactly(sock, size).splitlines(keepends=True)
+        for i, lines in expected.items():
+            assert [line for line in got if line.endswith(b" %d\n" % i)] == lines
+
+
 # -- running `muxbench load` ------------------------------------------------------
 
 # Options that keep a test's load run short: no warm-up, a brief drain, one worker.

@@ -349,10 +349,10 @@ def _state(pid: int) -> str:
 # ---- the quick suite (shared run; the acceptance criteria of `make bench-quick`) --------
 
 
-# The ten models of the design, written out here rather than taken from the code
-# under test: a model the suite stopped running must fail this, not shrink it.
+# The models of the design, written out here rather than taken from the code under
+# test: a model the suite stopped running must fail this, not shrink it.
 DESIGN_MODELS = ("polling", "select", "poll", "epoll", "epoll-et", "sigio", "thread", "fork",
-                 "asyncio", "uvloop")
+                 "threadpool", "asyncio", "uvloop")
 
 
 def expected_models() -> set[str]:

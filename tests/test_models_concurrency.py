@@ -14,15 +14,17 @@ import psutil
 import pytest
 
 from tests.support import (
+    join_room,
     model_params,
     process_tree,
     recv_exactly,
     recv_until_closed,
+    say_in_turns,
     serve,
     wait_for,
 )
 
-OWN_MODELS = model_params(("thread", "fork", "asyncio", "uvloop"))
+OWN_MODELS = model_params(("thread", "fork", "threadpool", "asyncio", "uvloop"))
 
 
 def live_children(pid: int) -> list[int]:
@@ -35,19 +37,6 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
-
-
-def join_room(server, n: int) -> list[socket.socket]:
-    """n chat members, each known to be in the room: all saw the last one's hello."""
-    socks = []
-    for i in range(n):
-        sock = server.connect()
-        socks.append(sock)
-        hello = b"hello %d\n" % i
-        sock.sendall(hello)
-        for member in socks:
-            assert recv_exactly(member, len(hello)) == hello
-    return socks
 
 
 @pytest.mark.parametrize("protocol", ["echo", "chat"])
@@ -86,15 +75,8 @@ def test_fork_chat_lines_cross_processes_in_order():
     with serve("fork", "chat") as server:
         socks = join_room(server, 3)
         assert len(live_children(server.proc.pid)) == 3  # one process per member
-        for round_ in range(50):
-            for i, sock in enumerate(socks):
-                sock.sendall(b"%d from %d\n" % (round_, i))
-        expected = {i: [b"%d from %d\n" % (r, i) for r in range(50)] for i in range(3)}
-        size = sum(len(line) for lines in expected.values() for line in lines)
+        say_in_turns(socks, 50)
         for sock in socks:
-            got = recv_exactly(sock, size).splitlines(keepends=True)
-            for i in range(3):  # every sender's lines, whole and in its order
-                assert [line for line in got if line.endswith(b" %d\n" % i)] == expected[i]
             sock.close()
 
 
