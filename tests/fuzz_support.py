@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from tests.support import recv_exactly
+from tests.support import join_room, recv_exactly
 
 ENDINGS = ("stay", "half_close", "reset", "close")
 
@@ -189,13 +189,8 @@ def _interest(sel: selectors.BaseSelector, peer: Peer, events: int) -> None:
 
 
 def join(server, n: int, timeout: float) -> list[socket.socket]:
-    """n chat members, all known to be in the room: accepts are FIFO, so once the
-    last one's line comes back every earlier client is a member too."""
-    socks = [server.connect(timeout=timeout) for _ in range(n)]
-    socks[-1].sendall(b"sync\n")
-    for sock in socks:
-        assert recv_exactly(sock, 5) == b"sync\n"
-    return socks
+    """n chat members, all known to be in the room (tests.support.join_room)."""
+    return join_room(server, n, lambda i: server.connect(timeout=timeout))
 
 
 def close_all(peers: list[Peer]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.fuzz_support import Peer, drive
-from tests.support import AVAILABLE, recv_exactly, serve, wait_for
+from tests.support import AVAILABLE, join_room, recv_exactly, serve, wait_for
 
 MAX_OUTPUT = 256 * 1024
 MAX_STALL = 1.0  # seconds a backlogged member may take nothing before it is dropped
@@ -108,15 +108,10 @@ def flood_the_room(model: str, chunks: list[bytes], reader_class: type[Peer],
     reading member's receive buffer (else the kernel grows it as it likes)."""
     with serve(model, "chat", "--max-output", str(MAX_OUTPUT),
                "--max-stall", str(MAX_STALL)) as server:
-        # Accepts are FIFO: once the last one's line comes back, all three are members.
-        idle = member(server, rcvbuf=4096)  # a small window: the kernel hides little
-        reading = member(server, rcvbuf)
-        flooding = member(server)
-        socks = [idle, reading, flooding]
+        # The idle one with a small window: the kernel hides little.
+        socks = join_room(server, 3, lambda i: member(server, (4096, rcvbuf, None)[i]))
+        idle, reading, flooding = socks
         try:
-            flooding.sendall(b"sync\n")
-            for sock in (reading, flooding):
-                assert recv_exactly(sock, 5) == b"sync\n"
             idle_peer = idle.getsockname()
             reader = reader_class(reading, [])
             flooder = Peer(flooding, chunks)
@@ -145,7 +140,7 @@ def flood_the_room(model: str, chunks: list[bytes], reader_class: type[Peer],
             # buffers hold, EOF or RST -- and what it got is whole lines, in order.
             rest, closed = read_to_close(idle, 10.0)
             assert closed, f"the member that never reads is still connected; {status}"
-            assert (b"sync\n" + b"".join(chunks)).startswith(rest)
+            assert b"".join(chunks).startswith(rest)
             dropped = f"dropped {idle_peer[0]}:{idle_peer[1]}"
             assert wait_for(lambda: dropped in server.log(), 5), server.log()
             assert server.log().count("dropped") == 1, server.log()

@@ -172,13 +172,14 @@ def test_slow_reader_gets_every_line_in_order_from_its_backlog(model):
     """A member that reads slowly is served from its backlog (thread: its writer
     thread; fork: its relay and the hub's Outbox), whole lines, in order."""
     with serve(model, "chat", "--max-output", str(16 * 1024 * 1024)) as server:
-        slow = server.connect(timeout=20)
-        # A fixed, small window keeps the kernel from buffering it all.
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        talker = server.connect(timeout=20)
+        def connect(i: int) -> socket.socket:
+            sock = server.connect(timeout=20)
+            if i == 0:  # a fixed, small window keeps the kernel from buffering it all
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            return sock
+
+        slow, talker = join_room(server, 2, connect)
         with slow, talker:
-            talker.sendall(b"sync\n")  # the last to connect is heard: both are members
-            assert recv_exactly(slow, 5) == recv_exactly(talker, 5) == b"sync\n"
             # 6 MB: more than the kernel's socket buffers take, so part of it waits
             # in the server's own backlog.
             payload = b"".join(b"%07d %s\n" % (i, b"w" * 90) for i in range(60000))
