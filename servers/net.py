@@ -99,6 +99,14 @@ class Acceptor:
         log.warning("out of file descriptors: shed %s", format_address(addr))
         return None, addr
 
+    def client(self) -> tuple[socket.socket, str] | None:
+        """The next connection to serve, with its peer's name; None when there
+        is none (nothing pending, or what was pending had to be shed)."""
+        accepted = self.accept()
+        if accepted is None or accepted[0] is None:
+            return None
+        return accepted[0], format_address(accepted[1])
+
     def close(self) -> None:
         if self._spare >= 0:  # once only: a second os.close could hit the fd's next owner
             os.close(self._spare)

@@ -51,7 +51,6 @@ from servers.net import (
     RECV_SIZE,
     Acceptor,
     at_capacity,
-    format_address,
     set_nonblocking,
     tune,
     write_or_queue,
@@ -160,11 +159,10 @@ class ThreadPoolServer:
             return self.throttle.wait_time()
 
     def accept(self) -> None:
-        accepted = self.acceptor.accept()  # survives EMFILE and aborts
-        if accepted is None or accepted[0] is None:
+        accepted = self.acceptor.client()  # survives EMFILE and aborts
+        if accepted is None:
             return
-        sock, addr = accepted
-        peer = format_address(addr)
+        sock, peer = accepted
         with self.room:
             if at_capacity(self.limits.max_clients, len(self.conns), peer):
                 sock.close()

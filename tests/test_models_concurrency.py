@@ -1,5 +1,5 @@
-"""What only the thread, fork and asyncio/uvloop models can get wrong: their own
-threads, children and admission code, checked on real server processes."""
+"""What only the models with threads, children or admission code of their own can
+get wrong (thread, fork, the pools, asyncio/uvloop), checked on real server processes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.support import (
     wait_for,
 )
 
-OWN_MODELS = model_params(("thread", "fork", "threadpool", "asyncio", "uvloop"))
+OWN_MODELS = model_params(("thread", "fork", "threadpool", "prefork", "asyncio", "uvloop"))
 
 
 def live_children(pid: int) -> list[int]:

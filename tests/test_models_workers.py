@@ -1,12 +1,27 @@
 """What only the models sized by --workers can get wrong: a fixed pool that
-serves any number of clients, and a room spread over workers."""
+serves any number of clients, and a room spread over worker processes."""
 
 from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.support import join_room, recv_exactly, say_in_turns, serve
+from tests.support import (
+    join_room,
+    process_tree,
+    recv_exactly,
+    recv_until_closed,
+    say_in_turns,
+    serve,
+    wait_for,
+)
+
+POOLS = ["prefork"]
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -42,3 +57,96 @@ def test_workers_is_refused_where_it_means_nothing():
     with (pytest.raises(RuntimeError, match="does not apply to the epoll model"),
           serve("epoll", "echo", "--workers", "2")):
         pass
+
+
+# -- prefork and reuseport: worker processes -------------------------------------------
+
+
+def workers_of(server, n: int) -> list[int]:
+    """The server's n worker processes, once it has forked them all."""
+    assert wait_for(lambda: len(process_tree(server.proc.pid)) == n, 10)
+    return process_tree(server.proc.pid)
+
+
+def descriptors(pids: list[int]) -> dict[int, int]:
+    return {pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids}
+
+
+def state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def connect_to_worker(server, workers: list[int], stopped: int | None) -> tuple[socket.socket, int]:
+    """A new chat client, and the worker that accepted it: the one whose relay
+    (the client, and its end of the pair to the hub) took two descriptors.
+
+    `stopped` is held in SIGSTOP meanwhile.  A worker that is not waiting in
+    epoll_wait takes no EPOLLEXCLUSIVE wake-up, so another prefork worker
+    must accept; a reuseport worker's own queue keeps what the hash gave it."""
+    before = descriptors(workers)
+    if stopped is not None:
+        os.kill(stopped, signal.SIGSTOP)
+    try:
+        assert stopped is None or wait_for(lambda: state(stopped) == "T", 10)
+        sock = server.connect(timeout=10)
+        assert wait_for(lambda: sum(descriptors(workers).values()) == sum(before.values()) + 2,
+                        10), f"nobody accepted: {before} -> {descriptors(workers)}"
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+    after = descriptors(workers)
+    return sock, next(pid for pid in workers if after[pid] > before[pid])
+
+
+@pytest.mark.parametrize("model", POOLS)
+def test_chat_members_on_different_workers_hear_each_other_in_order(model):
+    with serve(model, "chat", "--workers", "2") as server:
+        workers = workers_of(server, 2)
+        members: list[socket.socket] = []
+        where: list[int] = []
+        try:
+            # Prefork: an idle first worker is woken for every connection, so it is
+            # stopped while the next one connects.  Reuseport: the hash of the
+            # client's port picks the worker; another client is tried until it differs.
+            while len(set(where)) < 2 and len(members) < 40:
+                stopped = where[0] if model == "prefork" and where else None
+                sock, worker = connect_to_worker(server, workers, stopped)
+                members.append(sock)
+                where.append(worker)
+                # Seated once it hears itself; so is everyone before it (the
+                # hub reads the workers' hand-overs in the order they were sent).
+                hello = b"hello %d\n" % len(members)
+                sock.sendall(hello)
+                for member in members:
+                    assert recv_exactly(member, len(hello)) == hello
+            assert set(where) == set(workers), where
+            say_in_turns(members, 40)
+        finally:
+            for sock in members:
+                sock.close()
+
+
+@pytest.mark.parametrize("protocol", ["echo", "chat"])
+@pytest.mark.parametrize("model", POOLS)
+def test_workers_die_with_the_parent(model, protocol):
+    with serve(model, protocol, "--workers", "2") as server:
+        workers = workers_of(server, 2)
+        socks = join_room(server, 3) if protocol == "chat" else [server.connect()
+                                                                for _ in range(3)]
+        try:
+            for sock in socks:
+                sock.sendall(b"ping\n")
+            for sock in socks:  # chat: every member hears all three
+                expected = b"ping\n" * (3 if protocol == "chat" else 1)
+                assert recv_exactly(sock, len(expected)) == expected
+            os.kill(server.proc.pid, signal.SIGKILL)  # the parent alone, not the group
+            server.proc.wait(5)
+            assert wait_for(lambda: all(state(pid) in ("Z", None) for pid in workers), 5)
+            for sock in socks:
+                assert recv_until_closed(sock) == b""
+        finally:
+            for sock in socks:
+                sock.close()
