@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or len(os.sched_getaffinity(0))
     raise_nofile_limit()
     try:
-        listener = tcp_listen(args.host, args.port)
+        listener = tcp_listen(args.host, args.port, reuse_port=model.reuse_port)
     except ListenError as exc:
         print(f"muxbench serve: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class Model:
     description: str
     requires: str | None = None  # a module that must be importable
     takes_workers: bool = False  # sized by --workers
+    reuse_port: bool = False  # its listener is made with SO_REUSEPORT, for others to join
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
@@ -69,6 +70,9 @@ MODELS: dict[str, Model] = {
         Model("prefork", "servers.prefork:PreforkServer", "worker processes",
               "processes forked up front share one listener, each with its own epoll loop",
               takes_workers=True),
+        Model("reuseport", "servers.reuseport:ReuseportServer", "worker processes",
+              "processes with a SO_REUSEPORT listener each, each its own epoll loop (nginx)",
+              takes_workers=True, reuse_port=True),
         Model("asyncio", "servers.asyncio_server:AsyncioServer", "event loop",
               "asyncio Protocols on the stdlib event loop (the usual Python choice)"),
         Model("uvloop", "servers.asyncio_server:UvloopServer", "event loop",

@@ -31,9 +31,13 @@ def somaxconn(default: int = 4096) -> int:
 
 
 def tcp_listen(
-    host: str = "127.0.0.1", port: int = 0, *, nonblocking: bool = False, backlog: int | None = None
+    host: str = "127.0.0.1", port: int = 0, *, nonblocking: bool = False,
+    backlog: int | None = None, reuse_port: bool = False,
 ) -> socket.socket:
-    """Return a listening TCP socket bound to host:port, or raise ListenError."""
+    """Return a listening TCP socket bound to host:port, or raise ListenError.
+
+    reuse_port: SO_REUSEPORT, so that other sockets with it may bind the same
+    port, each with its own accept queue (the reuseport model)."""
     backlog = min(somaxconn(), 4096) if backlog is None else backlog
     try:
         infos = socket.getaddrinfo(
@@ -46,6 +50,8 @@ def tcp_listen(
         sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             sock.listen(backlog)
         except OSError as exc:

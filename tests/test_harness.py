@@ -352,7 +352,7 @@ def _state(pid: int) -> str:
 # The models of the design, written out here rather than taken from the code under
 # test: a model the suite stopped running must fail this, not shrink it.
 DESIGN_MODELS = ("polling", "select", "poll", "epoll", "epoll-et", "sigio", "thread", "fork",
-                 "threadpool", "prefork", "asyncio", "uvloop")
+                 "threadpool", "prefork", "reuseport", "asyncio", "uvloop")
 
 
 def expected_models() -> set[str]:

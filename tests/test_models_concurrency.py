@@ -24,7 +24,8 @@ from tests.support import (
     wait_for,
 )
 
-OWN_MODELS = model_params(("thread", "fork", "threadpool", "prefork", "asyncio", "uvloop"))
+OWN_MODELS = model_params(("thread", "fork", "threadpool", "prefork", "reuseport", "asyncio",
+                           "uvloop"))
 
 
 def live_children(pid: int) -> list[int]:

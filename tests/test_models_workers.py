@@ -21,7 +21,7 @@ from tests.support import (
     wait_for,
 )
 
-POOLS = ["prefork"]
+POOLS = ["prefork", "reuseport"]
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -79,9 +79,15 @@ def state(pid: int) -> str | None:
         return None
 
 
-def connect_to_worker(server, workers: list[int], stopped: int | None) -> tuple[socket.socket, int]:
-    """A new chat client, and the worker that accepted it: the one whose relay
-    (the client, and its end of the pair to the hub) took two descriptors.
+def sockets_of(pid: int) -> set[str]:
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("socket:")}
+
+
+def connect_to_worker(server, workers: list[int], stopped: int | None,
+                      took: int = 2) -> tuple[socket.socket, int]:
+    """A new client, and the worker that accepted it: the one that took `took`
+    descriptors (chat: the client, and its relay's end of the pair to the hub).
 
     `stopped` is held in SIGSTOP meanwhile.  A worker that is not waiting in
     epoll_wait takes no EPOLLEXCLUSIVE wake-up, so another prefork worker
@@ -92,7 +98,7 @@ def connect_to_worker(server, workers: list[int], stopped: int | None) -> tuple[
     try:
         assert stopped is None or wait_for(lambda: state(stopped) == "T", 10)
         sock = server.connect(timeout=10)
-        assert wait_for(lambda: sum(descriptors(workers).values()) == sum(before.values()) + 2,
+        assert wait_for(lambda: sum(descriptors(workers).values()) == sum(before.values()) + took,
                         10), f"nobody accepted: {before} -> {descriptors(workers)}"
     finally:
         if stopped is not None:
@@ -150,3 +156,25 @@ def test_workers_die_with_the_parent(model, protocol):
         finally:
             for sock in socks:
                 sock.close()
+
+
+@pytest.mark.parametrize("model, listeners", [("prefork", 1), ("reuseport", 3)])
+def test_prefork_workers_share_a_listener_reuseport_workers_have_one_each(model, listeners):
+    with serve(model, "echo", "--workers", "3") as server:
+        workers = workers_of(server, 3)
+        # An echo worker with no client holds one socket: the listener it accepts from.
+        held = [sockets_of(pid) for pid in workers]
+        assert all(len(sockets) == 1 for sockets in held), held
+        assert len(set().union(*held)) == listeners
+        if model == "reuseport":  # and every one of them listens on the port announced
+            accepted_by: set[int] = set()
+            clients = []
+            try:
+                while accepted_by != set(workers) and len(clients) < 100:
+                    sock, worker = connect_to_worker(server, workers, None, took=1)
+                    clients.append(sock)
+                    accepted_by.add(worker)
+                assert accepted_by == set(workers)
+            finally:
+                for sock in clients:
+                    sock.close()
