@@ -203,11 +203,14 @@ BENCH_CASES = {
     "c-epoll": trial_running(lambda procs: has(procs, running("echo_epoll"))),
     # bench -> `muxbench serve fork` -> a child per client.
     "fork": trial_running(lambda procs: has_child(procs, running("muxbench.cli serve fork "))),
+    # bench -> `muxbench serve prefork` -> its workers, forked before any client.
+    "prefork": trial_running(lambda procs: has_child(procs,
+                                                     running("muxbench.cli serve prefork "))),
 }
 
 
 @pytest.mark.parametrize("model", [
-    "epoll", pytest.param("c-epoll", marks=needs_cc), "fork"])
+    "epoll", pytest.param("c-epoll", marks=needs_cc), "fork", "prefork"])
 def test_bench_killed_takes_its_servers_and_load_generators_with_it(model, tmp_path):
     argv = [*MUXBENCH, "bench", "--suite", "quick", "--scenarios", "echo_clients",
             "--models", model, "--out", str(tmp_path / "results")]
