@@ -28,10 +28,10 @@ from servers.workers import WorkerPool
 
 class ReuseportServer(WorkerPool):
     def __init__(self, listener: socket.socket, protocol, options) -> None:
-        super().__init__(listener, protocol, options)
         host, port = listener.getsockname()[:2]
         self.own = [listener] + [tcp_listen(host, port, reuse_port=True)
                                  for _ in range(1, options.workers)]
+        super().__init__(listener, protocol, options)  # which forks the workers
 
     def listeners(self) -> list[socket.socket]:
         return self.own

@@ -70,22 +70,28 @@ class WorkerPool(Hub):
                 socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self.control.setblocking(False)
             self.epoll.register(self.control.fileno(), IN)
+        # Up front: the server says it listens once its workers exist, so
+        # what a harness measures from then on is their serving, not their birth.
+        try:
+            self.fork_workers()
+        except BaseException:  # out of processes, or a signal: end those made
+            self.close_all()
+            raise
 
     def listeners(self) -> list[socket.socket]:
         """The listener each worker accepts from, one per worker."""
         return [self.listener] * self.count
 
-    def serve_forever(self) -> None:
+    def fork_workers(self) -> None:
         listeners = self.listeners()
         for listener in listeners:
             keep = [listener] if self.worker_control is None else [listener, self.worker_control]
             self.workers.add(self.spawn(lambda listener=listener: self.work(listener), keep))
-        # The parent keeps no listener: one that outlived its worker would
-        # go on queueing connections that nobody accepts.
+        # The workers' copies are theirs; the one `muxbench serve` made stays
+        # open in the parent until it exits (it says where the server listens).
         for listener in listeners:
-            listener.close()
-        self.listen_fd = -1  # its number may now be a member's
-        super().serve_forever()
+            if listener is not self.listener:
+                listener.close()
 
     def exited(self, pid: int, status: int) -> None:
         if pid in self.workers and not self.stopping:
