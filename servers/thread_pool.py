@@ -55,7 +55,8 @@ from servers.net import (
     tune,
     write_or_queue,
 )
-from servers.protocol import Limits, Outbox, ProtocolError
+from servers.protocol import Limits, ProtocolError
+from servers.reactor import Connection
 
 log = logging.getLogger("muxbench.serve")
 
@@ -70,20 +71,16 @@ HANGUP = select.EPOLLHUP | select.EPOLLERR
 READABLE = IN | HANGUP | select.EPOLLRDHUP
 
 
-class Conn:
-    __slots__ = ("busy", "dropped", "eof", "fd", "interest", "outbox", "peer", "sock")
+class Conn(Connection):
+    __slots__ = ("busy", "dropped")
 
     def __init__(self, sock: socket.socket, peer: str, limits: Limits) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.outbox = Outbox(limits.max_output)
-        self.eof = False  # the client half-closed: flush what is queued, then close
+        super().__init__(sock, peer, limits)
         self.dropped = False  # shut down: its worker closes it
         # Reported and not re-armed yet: one worker's alone.  Only the
         # dispatcher sets it, only that worker clears it.
         self.busy = False
-        self.interest = 0  # the events it is armed with, or will be when re-armed
+        self.interest = 0  # here the epoll events it is armed with, or will be when re-armed
 
 
 class ThreadPoolServer:
