@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 
 from muxbench.lifetime import die_with_parent
-from servers.epoll_loop import EpollServer
 from muxbench.net import RECV_SIZE
+from servers.epoll_loop import EpollServer
 from servers.reactor import Connection
 
 log = logging.getLogger("muxbench.serve")

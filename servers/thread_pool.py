@@ -46,9 +46,9 @@ import socket
 import threading
 import time
 
+from muxbench.net import RECV_SIZE
 from servers import shutdown
 from servers.net import (
-    RECV_SIZE,
     Acceptor,
     at_capacity,
     set_nonblocking,
@@ -142,7 +142,7 @@ class ThreadPoolServer:
                 elif fd == self.nudge:
                     os.eventfd_read(self.nudge)
                 elif fd == self.wake_fd:
-                    shutdown.drain(fd)
+                    shutdown.empty_wake_fd(fd)
             if self.throttle is not None and self.throttle.behind:
                 with self.lock:
                     for member, reason in self.throttle.overdue():

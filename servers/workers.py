@@ -217,7 +217,7 @@ class RelayWorker:
                     elif fd == self.listen_fd:
                         self.accept()
                     elif fd == self.wake_fd:
-                        shutdown.drain(fd)
+                        shutdown.empty_wake_fd(fd)
         finally:
             for link in set(self.relays.values()):
                 link.client.close()
