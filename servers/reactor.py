@@ -70,6 +70,14 @@ class Reactor:
     #: is a ready list served round robin, which `unfinished` is.
     EDGE_READS = 16
 
+    #: What a connection is: a model that keeps more per connection subclasses it.
+    connection: type[Connection] = Connection
+
+    #: How flush() hands a delivery to the kernel: `write_or_queue(sock, outbox,
+    #: data)`, True when something is left queued.  A completion-based model
+    #: queues everything and submits the send itself.
+    write = staticmethod(write_or_queue)
+
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         set_nonblocking(listener)  # a reset between readiness and accept must not hang us
         self.listener = listener
@@ -173,7 +181,7 @@ class Reactor:
         # have the fd of a client closed earlier in the round: send them first.
         self.flush()
         set_nonblocking(sock)
-        conn = Connection(sock, peer, self.limits)
+        conn = self.connection(sock, peer, self.limits)
         self.conns[conn.fd] = conn
         self.protocol.join(conn.fd)
         conn.interest = (self.reading(conn), False)
@@ -227,14 +235,14 @@ class Reactor:
     def flush(self) -> None:
         """Write every delivery of this round, in the order they were read."""
         pending, self.pending = self.pending, []
-        conns = self.conns
+        conns, write = self.conns, self.write
         for keys, out in pending:
             for fd in keys:
                 target = conns.get(fd)
                 if target is None:
                     continue  # closed since (a reset, or a write below failed)
                 try:
-                    if write_or_queue(target.sock, target.outbox, out):
+                    if write(target.sock, target.outbox, out):
                         self.backlogged(target)  # watch for writability
                 except OSError as exc:  # the peer is gone
                     self.close(target, exc.strerror)
