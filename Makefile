@@ -29,7 +29,7 @@ tools:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,uvloop]'
+	$(BIN)/pip install --quiet -e '.[test,uvloop,uring]'
 	touch $@
 
 test: install

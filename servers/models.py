@@ -32,17 +32,29 @@ class Model:
     approach: str
     description: str
     requires: str | None = None  # a module that must be importable
+    extra: str | None = None  # the optional extra that installs it, when not its own name
+    # "module:function" that says why the machine cannot run the model (None: it
+    # can), asked once `requires` is importable: a kernel may forbid what it needs.
+    probe: str | None = None
     takes_workers: bool = False  # sized by --workers
     reuse_port: bool = False  # its listener is made with SO_REUSEPORT, for others to join
 
     def unavailable_reason(self) -> str | None:
         if self.requires and importlib.util.find_spec(self.requires) is None:
-            return f"{self.requires} is not installed (pip install 'muxbench[{self.requires}]')"
+            extra = self.extra or self.requires
+            return f"{self.requires} is not installed (pip install 'muxbench[{extra}]')"
+        if self.probe:
+            return load(self.probe)()
         return None
 
     def server_class(self) -> type:
-        module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return load(self.target)
+
+
+def load(target: str):
+    """The object named by "module:name", imported only when asked for."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 MODELS: dict[str, Model] = {
@@ -73,6 +85,9 @@ MODELS: dict[str, Model] = {
         Model("reuseport", "servers.reuseport:ReuseportServer", "worker processes",
               "processes with a SO_REUSEPORT listener each, each its own epoll loop (nginx)",
               takes_workers=True, reuse_port=True),
+        Model("uring", "servers.uring_loop:UringServer", "completion",
+              "io_uring: multishot accept, recv into provided buffers, one submit-and-wait a turn",
+              requires="liburing", extra="uring", probe="servers.uring_loop:unavailable"),
         Model("asyncio", "servers.asyncio_server:AsyncioServer", "event loop",
               "asyncio Protocols on the stdlib event loop (the usual Python choice)"),
         Model("uvloop", "servers.asyncio_server:UvloopServer", "event loop",
