@@ -9,7 +9,6 @@ gets concurrency is its own business; what it says to clients is the protocol's.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 
 
@@ -40,9 +39,15 @@ class Model:
     reuse_port: bool = False  # its listener is made with SO_REUSEPORT, for others to join
 
     def unavailable_reason(self) -> str | None:
-        if self.requires and importlib.util.find_spec(self.requires) is None:
-            extra = self.extra or self.requires
-            return f"{self.requires} is not installed (pip install 'muxbench[{extra}]')"
+        if self.requires:
+            # Imported, not merely found: a binding that is there but will not
+            # load (a broken build, a wheel for another platform) is as missing.
+            try:
+                importlib.import_module(self.requires)
+            except ImportError as exc:
+                extra = self.extra or self.requires
+                return (f"{self.requires} cannot be imported ({exc}); "
+                        f"pip install 'muxbench[{extra}]'")
         if self.probe:
             return load(self.probe)()
         return None
