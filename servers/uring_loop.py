@@ -1,30 +1,23 @@
 """io_uring: completion-based.  The kernel is told what to do, and says when it is done.
 
-Readiness (epoll: "you may read now, go and do it") costs a report and then a
-syscall per read and per write.  Here every operation is a submission queue
-entry -- one multishot accept for the listener, a recv per connection, a send
-per backlog -- and one `io_uring_enter` per loop turn (submit-and-wait) hands
-the kernel all of the turn's entries and waits for the next completions.
-Reads take their buffer from a provided-buffer group, so an idle connection
-holds no buffer of its own; after its bytes are copied out, a buffer goes
-back to the group by one more entry in the same submission.
+Readiness (epoll: "you may read now, go and do it") costs a report, then a
+syscall per read and per write.  Here each operation is a queue entry -- one
+multishot accept, a recv per connection, a send per backlog -- and one
+`io_uring_enter` per loop turn submits the turn's entries and waits for
+completions.  Reads take a buffer from a shared provided-buffer group, so an
+idle connection holds none.  The bookkeeping is the reactor's: `watch` and
+`rewatch` arm a recv where epoll would set EPOLLIN, `write` queues a send
+where the others call send(2).  A recv in flight when its connection is
+paused brings bytes that are `held` until reading resumes: one receive's
+worth, as a readiness model would leave in the socket buffer.
 
-The bookkeeping (the protocol, limits, pauses, the chat throttle, half-close)
-is the reactor's: `watch`/`rewatch` arm a recv where epoll would set EPOLLIN,
-and `write` queues a send where the others call send(2).  A recv already in
-flight when its connection is paused cannot be taken back cheaply: the bytes
-it brings are held (`held`) until reading resumes -- one receive's worth, as
-the socket buffer of a readiness model would hold it.
-
-The binding is `liburing` from PyPI: a manylinux wheel that bundles liburing
-(nothing to compile, no Debian headers), whose calls are liburing's own names.
-It covers what this model needs -- multishot accept, recv with
-IOSQE_BUFFER_SELECT, send, cancel, poll, submit-and-wait with a timeout --
-with two limits found here: `io_uring_setup_buf_ring` cannot be called from
-Python (its `int *err` argument has no Python form), so buffers are provided
-the classic way (IORING_OP_PROVIDE_BUFFERS, one entry per returned buffer,
-batched into the turn's one submission); and a negative `cqe.res` is raised
-as OSError when read, which `completions()` turns back into -errno.
+The binding is `liburing` from PyPI: a manylinux wheel with liburing inside
+(nothing to compile, no Debian headers), under liburing's own names, covering
+multishot accept, buffer-select recv, send, cancel, poll and submit-and-wait
+with a timeout.  Where it falls short: `io_uring_setup_buf_ring` cannot be
+called from Python (its `int *err` has no Python form), so buffers are
+provided the classic way, IORING_OP_PROVIDE_BUFFERS, batched into the turn's
+submission; and reading a negative `cqe.res` raises OSError.
 """
 
 from __future__ import annotations
@@ -48,8 +41,6 @@ ENTRIES = 1024  # submission queue; the completion queue is twice that, and over
 BUFFERS = 128  # provided receive buffers of RECV_SIZE, shared by every connection
 GROUP = 0  # the buffer group id
 BUFFER_SHIFT = uring.IORING_CQE_BUFFER_SHIFT
-
-
 DISABLED = "/proc/sys/kernel/io_uring_disabled"
 
 
@@ -122,7 +113,9 @@ class UringServer(Reactor):
         uring.io_uring_prep_provide_buffers(self.sqe(PROVIDE), self.buffers[bid], 1, GROUP, bid)
 
     def arm_accept(self) -> None:
-        uring.io_uring_prep_multishot_accept(self.sqe(ACCEPT), self.listen_fd)
+        # Close-on-exec, as every socket Python makes itself (PEP 446).
+        uring.io_uring_prep_multishot_accept(self.sqe(ACCEPT), self.listen_fd, None,
+                                             socket.SOCK_CLOEXEC)
 
     def arm_wake(self) -> None:
         uring.io_uring_prep_poll_add(self.sqe(WAKE), self.wake_fd, select.POLLIN)
