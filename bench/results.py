@@ -43,7 +43,10 @@ TRIAL_KEYS = ("scenario", "model", "protocol", "point", "repeat", "status")
 # from which derived.pss_per_conn_bytes is computed; see bench/sample/sampler.py),
 # "window" ("loadgen": CPU between the generator's window lines; "process":
 # around its whole run) and sampler_cpu_s (the sampler's own CPU over the trial,
-# spent beside the generator).  The environment adds skipped_models ({model:
+# spent beside the generator); "generator_bound" (true on an invalid trial
+# whose only fault was the load generator's saturated CPU: its figures are kept
+# and read as bounds, see is_generator_bound; absent in runs from before it was
+# recorded, which read as false).  The environment adds skipped_models ({model:
 # why}), cpu_accounting and ctx_switch_accounting.
 RUN_STATUSES = ("running", "complete", "interrupted")
 TRIAL_STATUSES = ("ok", "failed", "invalid")
@@ -250,6 +253,9 @@ POINT_VALUE = NUMBER
 
 
 def _check_trial(trial: dict, where: str) -> None:
+    bound = trial.get("generator_bound")
+    if bound is not None and not isinstance(bound, bool):
+        raise ResultsError(f"{where}: 'generator_bound' must be true or false, not {bound!r}")
     for path, types in TRIAL_TABLES:
         obj = _at(trial, path)
         if isinstance(obj, dict):
@@ -295,6 +301,13 @@ def metric(trial: dict, path: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, NUMBER):
         return None
     return value
+
+
+def is_generator_bound(trial: dict) -> bool:
+    """An invalid trial kept as a bound: the server did at least its throughput,
+    and only the load generator's CPU stopped it doing more (bench/run/outcome.py).
+    Still invalid, so every reader of "ok" trials leaves it out."""
+    return trial["status"] == "invalid" and trial.get("generator_bound") is True
 
 
 def summary(values: Iterable[float | None]) -> dict:

@@ -40,16 +40,22 @@ def _histograms(results: list[dict], key: str) -> tuple[np.ndarray, list[str | N
     return merged, [hdr_encode(values) for values in per_worker]
 
 
-def _judge(outcome: Outcome, util: float, own_lag: np.ndarray) -> list[str]:
-    reasons = []
+def _judge(outcome: Outcome, util: float, own_lag: np.ndarray) -> dict[str, str]:
+    """{kind: reason} of everything that makes the run invalid; the kinds
+    ("saturated", "behind_schedule", "workers_lost") go into the output as
+    invalid_kinds, so that a reader can tell a generator that merely ran out of
+    CPU from one that could not keep its schedule or lost a worker."""
+    reasons = {}
     if util >= MAX_CPU_UTIL:
-        reasons.append(f"load generator saturated its CPUs ({util:.0%} busy)")
+        reasons["saturated"] = f"load generator saturated its CPUs ({util:.0%} busy)"
     own_late = int((own_lag > LATE_NS).sum())
     if own_lag.size and own_late > MAX_SELF_LATE_FRACTION * own_lag.size:
-        reasons.append(f"load generator fell behind its send schedule ({own_late} of "
-                       f"{own_lag.size} sends more than {LATE_NS // 1000} µs late)")
+        reasons["behind_schedule"] = (f"load generator fell behind its send schedule "
+                                      f"({own_late} of {own_lag.size} sends more than "
+                                      f"{LATE_NS // 1000} µs late)")
     if outcome.missing_workers:
-        reasons.append(f"{outcome.missing_workers} worker(s) died or timed out without results")
+        reasons["workers_lost"] = (f"{outcome.missing_workers} worker(s) died or timed out "
+                                   "without results")
     return reasons
 
 
@@ -87,7 +93,8 @@ def build(cfg: Config, outcome: Outcome) -> dict:
         "connections_per_s": None, "connect_latency_us": None,
         "active": None, "idle": None,
         "client_cpu_s": cpu_s, "client_cpu_util": util,
-        "valid": not reasons, "invalid_reason": "; ".join(reasons) or None,
+        "valid": not reasons, "invalid_reason": "; ".join(reasons.values()) or None,
+        "invalid_kinds": list(reasons),
         "self_check": {
             "cpu_util_limit": MAX_CPU_UTIL,
             "cpus_usable": _cpus_usable(cfg, outcome.procs),

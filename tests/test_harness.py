@@ -185,6 +185,7 @@ def _assert_all_gone(pid: int) -> None:
 def test_a_real_trial_measures_and_cleans_up():
     trial, pid = _trial_with(None, model="epoll")
     assert trial["status"] == "ok", trial["reason"]
+    assert trial["generator_bound"] is False
     assert trial["load"]["connected"] == 20
     server = trial["server"]
     assert server["window"] == "loadgen" and server["wall_s"] > 0
@@ -270,7 +271,7 @@ def test_an_invalid_trial_names_the_other_work_beside_its_generator():
 
 def test_server_crash_is_a_failed_trial_and_its_orphan_is_killed():
     trial, pid = _trial_with([sys.executable, "-c", FAKE_SERVER, "crash"])
-    assert trial["status"] == "failed"
+    assert trial["status"] == "failed" and trial["generator_bound"] is False
     assert "server exited with status 3" in trial["reason"]
     assert trial["cleanup"]["leftover_procs"] == 1  # the forked child outlived it
     assert trial["cleanup"]["remaining_after_kill"] == 0

@@ -7,11 +7,19 @@ limit; "failed" -- the server died or never started, the generator produced
 nothing, or a message was lost, corrupted, duplicated or reordered. A server
 turning idle clients away at its own limit (select past fd 1023) is the
 measurement, not a failure: "ok" with the ceiling in the reason.
+
+An invalid trial whose one fault is the generator's saturated CPU -- it kept
+its send schedule, lost no worker, and nothing that makes a trial failed
+happened -- is also "generator_bound": the server did at least its throughput,
+so the report shows it as a bound, while medians and the gate, which read
+"ok" trials only, still leave it out.
 """
 
 from __future__ import annotations
 
 INTEGRITY = ("lost", "corrupted", "duplicated", "reordered")
+# The generator's own verdict (its invalid_kinds) of a run that was only short of CPU.
+SATURATED_ONLY = ["saturated"]
 
 
 def classify(workload: str, load: dict | None, outcome: dict, server_status: int | None,
@@ -40,6 +48,17 @@ def classify(workload: str, load: dict | None, outcome: dict, server_status: int
     if load.get("valid") is False:
         return "invalid", load.get("invalid_reason") or "load generator marked the run invalid"
     return "ok", None
+
+
+def generator_bound(status: str, load: dict | None) -> bool:
+    """Whether a trial classify() judged `status` is a bound rather than a blank.
+
+    Only an invalid one qualifies (classify has already made every trial with
+    errors, integrity faults, a dead server or generator "failed"), and only
+    when the generator's sole complaint was its CPU: one that fell behind its
+    open-loop schedule offered another load than the point names, and one that
+    lost a worker counted only part of it."""
+    return status == "invalid" and load is not None and load.get("invalid_kinds") == SATURATED_ONLY
 
 
 def _kinds(load: dict) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from bench.results import utc_now
 from bench.run.launch import Launched, TrialSpec
-from bench.run.outcome import classify, figures
+from bench.run.outcome import classify, figures, generator_bound
 from bench.sample import procfs
 from bench.sample.environment import Placement
 from bench.sample.sampler import TreeSampler
@@ -123,8 +123,8 @@ class Trial:
         trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
                  "point": spec.point, "repeat": spec.repeat, "status": "failed",
                  "reason": self.failure, "started_at": self.started_at, "duration_s": None,
-                 "server": None, "client": None, "derived": figures(None, None), "load": None,
-                 "cleanup": None}
+                 "generator_bound": False, "server": None, "client": None,
+                 "derived": figures(None, None), "load": None, "cleanup": None}
         try:
             if self.failure is None:
                 self._measure(trial, previous_done)
@@ -160,6 +160,7 @@ class Trial:
         trial["status"], trial["reason"] = classify(
             self.spec.workload, load, outcome, self.server.proc.poll(),
             procs.tail(self.server.stderr_path))
+        trial["generator_bound"] = generator_bound(trial["status"], load)
         if trial["status"] == "invalid" and client is not None:
             note = others_note(client["window"], stats["wall_s"], len(self.where.client_cpus))
             if note:
