@@ -15,6 +15,23 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Metric:
+    """One figure of a trial, and how to read it.
+
+    `bound` is what the figure of a generator-bound trial is (the load
+    generator ran out of CPU before the server did; bench/results.py
+    is_generator_bound): "≥" a lower bound, "≤" an upper bound, "" neither, and
+    then it is not shown.  Throughput and connection rate are lower bounds: the
+    server did serve that many a second and was never pushed to its limit.
+    CPU per message is an upper bound: its numerator is every CPU-second of the
+    server's tree in the window, including what the server spent waiting on a
+    generator that could not keep it busy (a wake-up and a readiness call for
+    one message where a busier loop handles several, a polling loop's spin),
+    and its denominator counts exactly the messages it served.  Pushed harder at
+    the same point, the server spreads those costs over more messages, so its
+    cost per message at its own limit is at most this.  Latency has no such
+    direction: it holds the generator's own queueing.
+    """
+
     path: str  # dotted path into a trial
     label: str
     unit: str  # "us", "core", "bytes", "msgs", "conns", "count"
@@ -25,6 +42,7 @@ class Metric:
     normalised: bool = True
     # The gate counts a value below the floor as the floor: under it the metric is noise.
     floor: float = 0.0
+    bound: str = ""  # "≥", "≤" or "": see the class docstring
 
     @property
     def key(self) -> str:
@@ -33,7 +51,8 @@ class Metric:
 
 
 CPU = Metric("server.cpu_util", "server CPU", "core")
-CPU_PER_MSG = Metric("derived.cpu_per_msg_us", "CPU per message", "us", short="CPU/msg")
+CPU_PER_MSG = Metric("derived.cpu_per_msg_us", "CPU per message", "us", short="CPU/msg",
+                     bound="≤")
 CTX_PER_MSG = Metric("derived.ctx_per_msg", "context switches per message", "count")
 PSS = Metric("server.pss_peak_bytes", "PSS (peak)", "bytes")
 # PSS per connection is (the tree's anonymous PSS during the window - at start) /
@@ -43,12 +62,14 @@ PSS = Metric("server.pss_peak_bytes", "PSS (peak)", "bytes")
 PSS_FLOOR = 8192.0
 PSS_PER_CONN = Metric("derived.pss_per_conn_bytes", "PSS per connection", "bytes",
                       short="PSS/conn", normalised=False, floor=PSS_FLOOR)
-THROUGHPUT = Metric("load.throughput_msgs_s", "throughput", "msgs", lower_is_better=False)
+THROUGHPUT = Metric("load.throughput_msgs_s", "throughput", "msgs", lower_is_better=False,
+                    bound="≥")
 P50 = Metric("load.latency_us.p50", "p50 latency", "us")
 P99 = Metric("load.latency_us.p99", "p99 latency", "us")
 P999 = Metric("load.latency_us.p999", "p99.9 latency", "us")
 SERVICE_P99 = Metric("load.service_time_us.p99", "p99 service time", "us")
-CONN_RATE = Metric("load.connections_per_s", "connections", "conns", lower_is_better=False)
+CONN_RATE = Metric("load.connections_per_s", "connections", "conns", lower_is_better=False,
+                   bound="≥")
 OFFERED = Metric("load.rate", "offered load", "msgs", lower_is_better=False)
 
 # The same figures as the harness copies them into every trial's "derived" record,

@@ -23,7 +23,7 @@ from bench.metrics import (
     THROUGHPUT,
     Metric,
 )
-from bench.results import group_points, metric, summary
+from bench.results import group_points, is_generator_bound, metric, summary
 from servers.models import MODELS
 from servers.reference import C_SERVER
 
@@ -114,8 +114,29 @@ class Point:
         """Ok repeats that carry a reason, e.g. a server's fd ceiling reached."""
         return [t for t in self.ok if t.get("reason")]
 
+    @property
+    def bound(self) -> list[dict]:
+        """Invalid repeats kept as bounds: the generator ran out of CPU, nothing else."""
+        return [t for t in self.invalid if is_generator_bound(t)]
+
+    @property
+    def unbound_invalid(self) -> list[dict]:
+        return [t for t in self.invalid if not is_generator_bound(t)]
+
+    @property
+    def only_bound(self) -> bool:
+        """Every repeat generator-bound: the point has bounds, and no exact figure."""
+        return bool(self.invalid) and not (self.ok or self.failed or self.unbound_invalid)
+
     def stat(self, m: Metric) -> dict:
         return summary(metric(t, m.path) for t in self.ok)
+
+    def bound_stat(self, m: Metric) -> dict | None:
+        """summary() of `m` over the bound repeats of a point that has only those,
+        when `m` reads as a bound there (Metric.bound); else None."""
+        if not (m.bound and self.only_bound):
+            return None
+        return summary(metric(t, m.path) for t in self.bound)
 
     def median(self, m: Metric) -> float | None:
         return self.stat(m)["median"]

@@ -2,7 +2,9 @@
 
 Every plot shows medians with min-max bars, one fixed colour per model
 (bench.report.measures.COLOURS), the C reference as a black dashed "limit" line, points
-where every repeat failed as crosses on the x axis, units on both axes, and a
+whose every repeat was generator-bound as hollow markers at the bound (where the
+metric has one, bench.metrics.Metric.bound), points with no ok repeat otherwise as
+crosses on the x axis, units on both axes, and a
 footer naming the machine, commit and date, so a PNG read alone still says what
 it measured and where.  matplotlib is imported here, lazily, with Agg.
 """
@@ -37,6 +39,8 @@ PER_S = (1.0, "msgs/s")
 CONN_S = (1.0, "connections/s")
 
 
+# The legend entry of the hollow markers; the metric's bound sign goes in.
+BOUND_LABEL = "hollow: generator-bound;\nthe server's figure is {} this"
 FIG_W, LEGEND_W = 6.0, 2.8  # inches per panel, and for the legend on the right
 
 
@@ -126,11 +130,12 @@ def _x_axis(ax: Any, run: Run, scenario: str, xs: list[float]) -> None:
 
 def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str],
             log_y: bool = False) -> None:
-    """One line per model: median and min-max bars; crosses where all repeats failed."""
+    """One line per model: median and min-max bars; hollow markers at the bounds of
+    generator-bound points; crosses where no repeat is ok and none gives a bound."""
     factor, unit = scale
     all_x: list[float] = []
     all_y: list[float] = []
-    plotted = any_dead = False
+    plotted = any_dead = any_bound = False
     for model in run.models(scenario):
         pts = [(p.x, p.stat(m)) for p in run.points(scenario, model)]
         good = [(x, s) for x, s in pts if s["median"] is not None]
@@ -152,13 +157,27 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
                                 xytext=(-40, 8), bbox={"fc": "white", "ec": "none", "alpha": 0.6})
         else:
             ax.plot([], [], **style)  # its colour still belongs in the legend
-        dead = [p.x for p in run.points(scenario, model) if not p.ok]
+        bounds = [(p.x, stat["median"] * factor) for p in run.points(scenario, model)
+                  if (stat := p.bound_stat(m)) is not None and stat["median"] is not None]
+        if bounds:
+            xs, ys = map(list, zip(*bounds, strict=True))
+            ax.plot(xs, ys, linestyle="none", marker=style["marker"], markersize=7,
+                    markerfacecolor="none", markeredgecolor=style["color"], markeredgewidth=1.5,
+                    label="_bound", zorder=style.get("zorder", 2))
+            all_x += xs
+            all_y += ys
+            any_bound = True
+        drawn = {x for x, _ in bounds}
+        dead = [p.x for p in run.points(scenario, model) if not p.ok and p.x not in drawn]
         if dead:
             ax.plot(dead, [0.02] * len(dead), linestyle="none", marker="x", markersize=9,
                     markeredgewidth=2, color=style["color"], clip_on=False,
                     transform=ax.get_xaxis_transform())
             all_x += dead
             any_dead = True
+    if any_bound:
+        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="none",
+                markeredgecolor="grey", label=BOUND_LABEL.format(m.bound))
     if any_dead:
         # One neutral legend entry for the crosses, whatever their colours.
         ax.plot([], [], linestyle="none", marker="x", markeredgewidth=2, color="grey",
@@ -173,7 +192,7 @@ def _series(ax: Any, run: Run, scenario: str, m: Metric, scale: tuple[float, str
         if ax.get_yscale() == "symlog":
             # Nothing here is negative: no mirrored half, just room to see the zeros.
             ax.set_ylim(bottom=-0.3 * ax.yaxis.get_transform().linthresh)
-    if not plotted:
+    if not (plotted or any_bound):
         ax.text(0.5, 0.5, "no ok repeat: see the notes in REPORT.md", ha="center",
                 va="center", transform=ax.transAxes)
         ax.set_yticks([])

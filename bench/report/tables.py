@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.metrics import Metric
 from bench.report.measures import Point, Run, fmt, fmt_x, scenario_metrics
-from bench.results import metric
+from bench.results import is_generator_bound, metric
 
 Cell = list[str]  # stacked lines of one cell
 
@@ -82,8 +82,9 @@ def spread(stat: dict) -> str:
 def point_cell(point: Point | None, metrics: tuple[Metric, ...]) -> Cell:
     if point is None:
         return ["not measured"]
-    lost = [f"{len(trials)} {name}" for name, trials in
-            (("failed", point.failed), ("invalid", point.invalid)) if trials]
+    lost = [f"{len(trials)} {name}" for name, trials in _uncounted(point) if trials]
+    if point.only_bound:
+        return [*(bound_text(point, m) for m in metrics), f"({len(point.bound)} generator-bound)"]
     if not point.ok:
         return [" + ".join(lost) if lost else "not measured"]
     cell = []
@@ -98,13 +99,27 @@ def point_cell(point: Point | None, metrics: tuple[Metric, ...]) -> Cell:
     return cell
 
 
+def _uncounted(point: Point) -> list[tuple[str, list[dict]]]:
+    """The repeats no median counts, by what they are."""
+    return [("failed", point.failed), ("invalid", point.unbound_invalid),
+            ("generator-bound", point.bound)]
+
+
+def bound_text(point: Point, m: Metric) -> str:
+    """'≥ 61,800 msgs/s': the median of a generator-bound point's repeats, as the
+    bound it is (Metric.bound); 'n/a' for a metric that has none."""
+    stat = point.bound_stat(m)
+    if stat is None or stat["median"] is None:
+        return fmt(None, m.unit)
+    return f"{m.bound} {fmt(stat['median'], m.unit)}"
+
+
 def trouble_notes(run: Run, scenario: str) -> list[str]:
-    """One line per point with failed or invalid repeats, with their reasons."""
+    """One line per point with failed, invalid or generator-bound repeats, with their reasons."""
     notes = []
     for model in run.models(scenario):
         for point in run.points(scenario, model):
-            for status, trials in (("failed", point.failed), ("invalid", point.invalid),
-                                   ("ok with a note", point.noted)):
+            for status, trials in (*_uncounted(point), ("ok with a note", point.noted)):
                 if not trials:
                     continue
                 reasons = Counter(_reason(t) for t in trials)
@@ -138,6 +153,10 @@ def scenario_table(run: Run, scenario: str) -> Table:
     )
     for model in run.models(scenario):
         table.add(model, *(point_cell(run.point(scenario, model, x), metrics) for x in xs))
+    if any(p.only_bound for model in run.models(scenario) for p in run.points(scenario, model)):
+        table.caption += (" A cell of ≥ / ≤ figures: every repeat was generator-bound (the load "
+                          "generator ran out of CPU first), and the median of theirs is a bound "
+                          "on the server's; n/a where a figure has no such direction.")
     table.notes = trouble_notes(run, scenario)
     absent = [m for m in run.models() if m not in run.models(scenario)]
     if absent:
@@ -178,6 +197,9 @@ def environment_table(run: Run) -> Table:
         ("DAMON memory monitors running", env.get("damon_monitors")),
         ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
     ]
+    bound = sum(map(is_generator_bound, res["trials"]))
+    if bound:
+        rows.append(("generator-bound trials", _generator_cpus(bound, len(res["trials"]), place)))
     for name, value in rows:
         table.add(name, "not recorded" if value is None else str(value))
     return table
@@ -195,6 +217,19 @@ def _worst_windows(trials: list[dict], key: str) -> str | None:
     point = ", ".join(f"{k} {v}" for k, v in trial["point"].items())
     return (f"median {median:.3f} s, max {worst:.3f} s a window "
             f"({trial['scenario']}, {trial['model']}, {point}; {len(windows)} windows)")
+
+
+def _generator_cpus(bound: int, trials: int, place: dict) -> str:
+    """How many trials the load generator bounded, and on how many CPUs it ran."""
+    cpus = place.get("client_cpus")
+    if not cpus:
+        return f"{bound} of {trials}: the load generator ran out of CPU first"
+    had = f"{len(cpus)} CPU{'s' if len(cpus) > 1 else ''}"
+    had = f"it had {had}, every one but the server's" if place.get("pinned") else \
+        f"it shared {had} with the server"
+    return (f"{bound} of {trials}: the load generator ran out of CPU first; {had}. On a "
+            "machine with more cores it gets every CPU but the server's, and fewer points "
+            "are bounds")
 
 
 def _servers(servers: dict | None) -> str | None:
