@@ -353,14 +353,23 @@ def _state(pid: int) -> str:
 # The models of the design, written out here rather than taken from the code under
 # test: a model the suite stopped running must fail this, not shrink it.
 DESIGN_MODELS = ("polling", "select", "poll", "epoll", "epoll-et", "sigio", "thread", "fork",
-                 "threadpool", "prefork", "reuseport", "asyncio", "uvloop")
+                 "threadpool", "prefork", "reuseport", "uring", "asyncio", "uvloop")
+# Models that need more than the standard library, each with what it needs.
+OPTIONAL = {"uvloop": "uvloop", "uring": "liburing"}
+
+
+def io_uring_disabled() -> bool:
+    path = Path("/proc/sys/kernel/io_uring_disabled")
+    return path.exists() and path.read_text().strip() == "2"
 
 
 def expected_models() -> set[str]:
-    """The design's models, less uvloop only where it visibly cannot be imported."""
-    if importlib.util.find_spec("uvloop") is None:
-        return set(DESIGN_MODELS) - {"uvloop"}
-    return set(DESIGN_MODELS)
+    """The design's models, less an optional one only where it visibly cannot run here."""
+    missing = {name for name, module in OPTIONAL.items()
+               if importlib.util.find_spec(module) is None}
+    if io_uring_disabled():
+        missing.add("uring")
+    return set(DESIGN_MODELS) - missing
 
 
 @pytest.mark.timeout(900)  # the shared quick run is set up inside the first test using it
