@@ -268,7 +268,11 @@ def test_a_child_started_from_a_thread_outlives_the_thread_but_not_the_process(t
                 f"open({str(joined)!r}, 'w').close()")
     with started(argv, tmp_path) as tree:
         tree.wait_for("the thread that started the child", lambda procs: joined.exists())
-        assert has(tree.poll(), running("sleep 120")), "killed when its starting thread ended"
+        # The launcher may still be between its exec and sleep's (its command line reads
+        # empty meanwhile): wait for sleep itself.  Killed when the thread ended, it never
+        # comes, and this fails.
+        tree.wait_for("sleep 120, after its starting thread ended",
+                      lambda procs: has(procs, running("sleep 120")))
         assert_none_left(tree)
 
 
