@@ -29,7 +29,9 @@ RUN_KEYS = ("schema_version", "run_id", "suite", "status", "started_at", "enviro
             "scenarios", "trials")
 TRIAL_KEYS = ("scenario", "model", "protocol", "point", "repeat", "status")
 # Beyond these (and those the report reads: server, load, derived), the harness
-# stores in each trial: "cleanup" ({graceful, exit_status, leftover_procs --
+# stores in each trial: "workers" (the --workers a multi-worker model was given,
+# one per server CPU unless the point says; null for the others and in runs
+# from before it was recorded); "cleanup" ({graceful, exit_status, leftover_procs --
 # processes that outlived the server's stop, killed, remaining_after_kill,
 # leftover_fds}); "client" ({cpu_s, source: "rusage"}: the load generator's whole
 # CPU, start-up included; "window": what its CPUs did in the window -- busy_s, of

@@ -31,7 +31,7 @@ import textwrap
 from loadgen import engine, summary
 from loadgen.integrity import CHAT_MIN_SIZE, ECHO_MIN_SIZE
 from loadgen.render import render
-from muxbench.argtypes import number_in
+from muxbench.argtypes import cpu_list, number_in
 from muxbench.net import is_loopback, raise_nofile_limit
 
 WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")
@@ -39,16 +39,6 @@ WORKLOADS = ("echo", "chat", "idle", "churn", "sparse")
 
 class UsageError(Exception):
     pass
-
-
-def _cpu_list(text: str) -> list[int]:
-    try:
-        cpus = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of CPU numbers: {text!r}") from None
-    if not cpus:
-        raise argparse.ArgumentTypeError("empty CPU list")
-    return cpus
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for each connection (default 3)")
     add("--seed", metavar="N", type=int, default=1,
         help="seed of payloads and Poisson gaps (default 1)")
-    add("--cpus", metavar="LIST", type=_cpu_list, default=None,
+    add("--cpus", metavar="LIST", type=cpu_list, default=None,
         help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
     add("--json", action="store_true",
         help="print one JSON object instead of the summary; stderr then also says "

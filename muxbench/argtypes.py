@@ -35,6 +35,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def cpu_list(text: str) -> list[int]:
+    """CPU numbers as `taskset -c` takes them: 0,1 or 2-5 or both (sorted, no repeats)."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            first, last = -1, -1
+        if not 0 <= first <= last:
+            raise argparse.ArgumentTypeError(
+                f"not a list of CPU numbers (e.g. 0,1 or 2-5): {text!r}")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise argparse.ArgumentTypeError("empty CPU list")
+    return sorted(cpus)
+
+
 def float_where(holds: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
     """An argparse type: a float for which holds(value), else `wanted` as the error."""
 

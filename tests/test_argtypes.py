@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from muxbench.argtypes import float_where, number_in, positive_int
+from muxbench.argtypes import cpu_list, float_where, number_in, positive_int
 
 
 @pytest.mark.parametrize("text, value", [("0", 0), ("65535", 65535), (" 80 ", 80)])
@@ -58,3 +58,15 @@ def test_float_where_refuses_what_fails_the_test_and_what_is_no_number(text):
 
 def test_float_where_takes_what_passes():
     assert float_where(lambda v: 0 < v < 1, "must be between 0 and 1")("0.01") == 0.01
+
+
+@pytest.mark.parametrize("text, cpus", [("0", [0]), ("3,1", [1, 3]), ("2-4,0", [0, 2, 3, 4]),
+                                        ("1,1-2", [1, 2])])
+def test_cpu_list_takes_numbers_and_ranges(text, cpus):
+    assert cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", ",", "x", "-1", "3-1", "1-", "0,a"])
+def test_cpu_list_refuses_what_taskset_would_not_take(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cpu_list(text)

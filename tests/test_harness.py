@@ -30,6 +30,7 @@ from bench.run.trial import others_note, run_trial
 from bench.sample.cgroup import CGROUP_ROOT, PREFIX
 from bench.sample.environment import damon_monitors, placement
 from muxbench.procs import group_members
+from servers.models import MODELS
 from servers.reference import C_SERVER
 from tests import fake_results
 from tests.support import MUXBENCH, ROOT, kill_group, process_tree, spawn, wait_for
@@ -160,18 +161,19 @@ FAKE_SERVER = textwrap.dedent("""
 
 
 def _spec(model: str = C_SERVER, cmd: list[str] | None = None, clients: int = 20,
-          ready_timeout: float = 15.0) -> TrialSpec:
+          ready_timeout: float = 15.0, workers: int | None = None) -> TrialSpec:
     server = None if cmd is None else CommandServer(model, f"{shlex.join(cmd)} {{port}}")
     return TrialSpec("idle", "idle", model, "echo", {"clients": clients}, 0, duration=0.5,
                      warmup=0.1, sample_interval=0.05,
                      load_args=["--workload", "idle", "--clients", str(clients)],
-                     connections=clients, server=server, ready_timeout=ready_timeout)
+                     connections=clients, server=server, ready_timeout=ready_timeout,
+                     workers=workers)
 
 
-def _trial_with(cmd: list[str] | None, model: str = C_SERVER,
-                ready_timeout: float = 15.0) -> tuple[dict, int]:
+def _trial_with(cmd: list[str] | None, model: str = C_SERVER, ready_timeout: float = 15.0,
+                workers: int | None = None) -> tuple[dict, int]:
     where = placement()
-    spec = _spec(model, cmd, ready_timeout=ready_timeout)
+    spec = _spec(model, cmd, ready_timeout=ready_timeout, workers=workers)
     server = Launched.start(spec, where, use_cgroup=True)
     trial = run_trial(spec, where, server)
     return trial, server.proc.pid
@@ -195,6 +197,14 @@ def test_a_real_trial_measures_and_cleans_up():
     assert server["fds_peak"] >= 20 and server["samples"] >= 2
     assert trial["cleanup"] == {"graceful": True, "exit_status": 0, "leftover_procs": 0,
                                 "killed": 0, "remaining_after_kill": 0, "leftover_fds": 0}
+    _assert_all_gone(pid)
+
+
+def test_a_multi_worker_model_runs_and_records_the_workers_it_is_given():
+    trial, pid = _trial_with(None, model="prefork", workers=3)
+    assert trial["status"] == "ok", trial["reason"]
+    assert trial["workers"] == 3
+    assert trial["server"]["procs_peak"] == 4  # the parent and its three workers
     _assert_all_gone(pid)
 
 
@@ -394,6 +404,9 @@ def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
         assert trial["cleanup"]["remaining_after_kill"] == 0, trial
         assert trial["cleanup"]["leftover_fds"] == 0, trial
     placement_note = data["environment"]["placement"]
+    for trial in data["trials"]:  # one worker per server CPU, for those that take workers
+        sized = trial["model"] in MODELS and MODELS[trial["model"]].takes_workers
+        assert trial["workers"] == (len(placement_note["server_cpus"]) if sized else None)
     assert placement_note["pinned"] == (len(os.sched_getaffinity(0)) > 1)
     assert data["environment"]["ctx_switch_accounting"].split(":")[0] in ("taskstats", "/proc")
     assert data["environment"]["damon_monitors"] == damon_monitors()
@@ -410,6 +423,8 @@ def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
     (["--scenarios", "idle,bogus"], "unknown model or scenario: bogus"),
     (["--repeats", "0"], "must be a positive integer"),
     (["--suite", "huge"], "invalid choice"),
+    (["--server-cpus", "1-0"], "not a list of CPU numbers"),
+    (["--server-cpus", "4095"], "server CPUs 4095 are not all usable here"),
 ])
 def test_bad_usage_is_one_line_and_status_2(tmp_path, args, message):
     result = subprocess.run([*MUXBENCH, "bench", "--out", str(tmp_path), *args], cwd=ROOT,

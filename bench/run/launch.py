@@ -101,13 +101,15 @@ class TrialSpec:
     connections: int
     server: CommandServer | None = None  # None: the built-in model `model`
     ready_timeout: float = READY_TIMEOUT
+    workers: int | None = None  # --workers, for the models that take it
 
     def server_argv(self, port: int) -> list[str]:
         """The server's command line; a built-in model takes port 0 and says which it got."""
         if self.server is not None:
             return self.server.argv(HOST, port)
         return [*MUXBENCH, "serve", self.model, "--protocol", self.protocol, "--host", HOST,
-                "--port", "0", "-q", *server_args(self.point)]
+                "--port", "0", "-q", *server_args(self.point),
+                *(["--workers", str(self.workers)] if self.workers else [])]
 
     def load_argv(self, port: int, where: Placement) -> list[str]:
         argv = [*MUXBENCH, "load", "--host", HOST, "--port", str(port),

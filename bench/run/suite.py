@@ -35,9 +35,9 @@ from bench.run.scenarios import (
 )
 from bench.sample import cgroup, taskstats
 from bench.sample.cgroup import CpuCgroup
-from bench.sample.environment import environment, loadavg, placement
+from bench.sample.environment import Placement, environment, loadavg, placement
 from muxbench import procs
-from muxbench.argtypes import float_where, positive_int
+from muxbench.argtypes import cpu_list, float_where, positive_int
 from servers.models import MODELS
 from servers.reference import C_SERVER
 
@@ -95,6 +95,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-scale", default=1.0,
                         type=float_where(lambda v: v > 0, "must be a positive number"),
                         help="multiply every measurement window and warm-up (default 1)")
+    parser.add_argument("--server-cpus", type=cpu_list, default=None, metavar="LIST",
+                        help="pin every server to these CPUs, e.g. 0-3 (default: the first "
+                             "usable CPU); the load generator gets every other one, and the "
+                             "multi-worker models one worker per server CPU")
     parser.add_argument("--out", default="results",
                         help="directory holding the runs and the `latest` link (default results)")
     parser.add_argument("--no-cgroup", action="store_true",
@@ -140,10 +144,11 @@ def command_servers(values: list[str] | None, protocol: str) -> dict[str, Comman
     return servers
 
 
-def _spec(planned: PlannedTrial, args: argparse.Namespace,
-          servers: dict[str, CommandServer]) -> TrialSpec:
+def _spec(planned: PlannedTrial, args: argparse.Namespace, servers: dict[str, CommandServer],
+          where: Placement) -> TrialSpec:
     settings = SUITE_SETTINGS[args.suite]
     sc = planned.scenario
+    sized = planned.model in MODELS and MODELS[planned.model].takes_workers
     return TrialSpec(
         scenario=sc.name, workload=sc.workload, model=planned.model, protocol=sc.protocol,
         point=planned.point, repeat=planned.repeat,
@@ -153,7 +158,9 @@ def _spec(planned: PlannedTrial, args: argparse.Namespace,
         warmup=(settings.warmup + connections(planned.point) / 1000) * args.duration_scale,
         sample_interval=settings.sample_interval,
         load_args=load_args(sc, planned.point), connections=connections(planned.point),
-        server=servers.get(planned.model), ready_timeout=args.ready_timeout)
+        server=servers.get(planned.model), ready_timeout=args.ready_timeout,
+        # Every model gets the same CPUs; the multi-worker ones one worker on each.
+        workers=planned.point.get("workers", len(where.server_cpus)) if sized else None)
 
 
 def _run_dir(out: Path, suite: str) -> Path:
@@ -195,7 +202,12 @@ def run(args: argparse.Namespace) -> int:
     if not planned:
         print("muxbench bench: nothing to run for these models and scenarios", file=sys.stderr)
         return 2
-    specs = [_spec(p, args, servers) for p in planned]
+    try:
+        where = placement(args.server_cpus)
+    except ValueError as exc:
+        print(f"muxbench bench: --server-cpus: {exc}", file=sys.stderr)
+        return 2
+    specs = [_spec(p, args, servers, where) for p in planned]
     if args.dry_run:
         for spec in specs:
             print(describe(spec.scenario, spec.model, spec.point, spec.repeat))
@@ -203,12 +215,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     meta = {s.name: {**s.metadata(), "models": scenario_models(s, args.suite, models, servers)}
             for s in scenarios}
-    return _execute(args, specs, meta, skipped, servers)
+    return _execute(args, specs, meta, skipped, servers, where)
 
 
 def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, str],
-             servers: dict[str, CommandServer]) -> int:
-    where = placement()
+             servers: dict[str, CommandServer], where: Placement) -> int:
     out = Path(args.out)
     try:
         run_dir = _run_dir(out, args.suite)

@@ -121,7 +121,8 @@ class Trial:
         window that opened before it is flagged, never silently kept."""
         spec = self.spec
         trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
-                 "point": spec.point, "repeat": spec.repeat, "status": "failed",
+                 "point": spec.point, "repeat": spec.repeat, "workers": spec.workers,
+                 "status": "failed",
                  "reason": self.failure, "started_at": self.started_at, "duration_s": None,
                  "generator_bound": False, "server": None, "client": None,
                  "derived": figures(None, None), "load": None, "cleanup": None}

@@ -35,17 +35,32 @@ class Placement:
         return asdict(self)
 
 
-def placement() -> Placement:
-    """Server on the first usable CPU; load generator and sampler on the rest."""
+def placement(server_cpus: list[int] | None = None) -> Placement:
+    """Server on `server_cpus` (default: the first usable CPU); load generator,
+    sampler and orchestrator on every other usable one.  ValueError: CPUs that
+    are not usable, or that leave none for the load generator."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return Placement(False, cpus, cpus,
-                         f"only CPU {cpus[0]} is usable: server, load generator and sampler "
-                         "share it, unpinned; latency and CPU figures include that contention")
-    server, clients = cpus[:1], cpus[1:]
-    return Placement(True, server, clients,
-                     f"server pinned to CPU {server[0]}; load generator, sampler and "
-                     f"orchestrator on CPU {','.join(map(str, clients))}")
+    if server_cpus is None:
+        if len(cpus) < 2:
+            return Placement(False, cpus, cpus,
+                             f"only CPU {cpus[0]} is usable: server, load generator and sampler "
+                             "share it, unpinned; latency and CPU figures include that "
+                             "contention")
+        server_cpus = cpus[:1]
+    if not set(server_cpus) <= set(cpus):
+        raise ValueError(f"server CPUs {_cpus(server_cpus)} are not all usable here "
+                         f"(usable: {_cpus(cpus)})")
+    clients = [c for c in cpus if c not in server_cpus]
+    if not clients:
+        raise ValueError(f"server CPUs {_cpus(server_cpus)} leave no CPU for the load "
+                         "generator")
+    return Placement(True, server_cpus, clients,
+                     f"server pinned to CPU {_cpus(server_cpus)}; load generator, sampler and "
+                     f"orchestrator on CPU {_cpus(clients)}")
+
+
+def _cpus(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))
 
 
 def _read(path: str) -> str | None:
