@@ -166,9 +166,10 @@ def test_load_refuses_unbounded_settings(option, value, capsys):
 def test_every_planned_trial_bounds_its_load_in_count_and_time(suite):
     args = argparse.Namespace(suite=suite, duration_scale=1.0, ready_timeout=15.0)
     models = [m for m in MODELS if MODELS[m].unavailable_reason() is None]
-    specs = [_spec(p, args, {}) for p in plan(suite, list(SCENARIOS.values()), models, 1)]
-    assert specs
     where = placement()
+    specs = [_spec(p, args, {}, where)
+             for p in plan(suite, list(SCENARIOS.values()), models, 1)]
+    assert specs
     for spec in specs:
         argv = spec.load_argv(12345, where)
         clients = int(argv[argv.index("--clients") + 1]) if "--clients" in argv else 10
