@@ -9,20 +9,22 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP) tools
 
 # The tests drive every model with `nc -N`, as a person would try one, and measure
-# socat as a server of any language.  As root, a bare Debian machine gets what is
-# missing of netcat-openbsd and socat in one apt-get call; otherwise the tests that
-# need them are skipped, and say why.
+# socat as a server of any language; the harness counts system calls with perf.  As
+# root, a bare Debian machine gets what is missing of netcat-openbsd, socat and
+# linux-perf in one apt-get call; otherwise the tests that need them are skipped, and
+# the syscalls scenario records why it counted nothing.
 tools:
 	@missing=""; \
 	command -v nc >/dev/null || missing="$$missing netcat-openbsd"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v perf >/dev/null || missing="$$missing linux-perf"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "make: only root may install$$missing: tests/test_netcat.py and" \
-			"tests/test_custom_server.py's socat case skip"; \
+		echo "make: only root may install$$missing: tests/test_netcat.py," \
+			"tests/test_custom_server.py's socat case and syscall counting skip"; \
 	fi
 
 # Re-install only when the dependency list changes.

@@ -54,6 +54,8 @@ CPU = Metric("server.cpu_util", "server CPU", "core")
 CPU_PER_MSG = Metric("derived.cpu_per_msg_us", "CPU per message", "us", short="CPU/msg",
                      bound="≤")
 CTX_PER_MSG = Metric("derived.ctx_per_msg", "context switches per message", "count")
+SYSCALLS_PER_MSG = Metric("derived.syscalls_per_msg", "system calls per message", "count",
+                          short="syscalls/msg", bound="≤")
 PSS = Metric("server.pss_peak_bytes", "PSS (peak)", "bytes")
 # PSS per connection is (the tree's anonymous PSS during the window - at start) /
 # connections.  An event loop's true cost is a few hundred bytes, and whether the
@@ -91,6 +93,7 @@ SCENARIO_METRICS: dict[str, tuple[Metric, ...]] = {
     "cpu_vs_clients": (CPU, CPU_PER_MSG),
     "idle": (CPU, PSS),
     "echo_clients": (THROUGHPUT, P99),
+    "syscalls": (SYSCALLS_PER_MSG, CPU_PER_MSG),
     "echo_size": (THROUGHPUT, CPU_PER_MSG),
     "open_loop": (RESPONSE_P99, SERVICE_P99, THROUGHPUT),
     "chat_fanout": (DELIVERY_P99, CPU),

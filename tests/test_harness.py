@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -403,6 +404,14 @@ def test_quick_suite_covers_every_model_and_explains_every_failure(quick_run):
         assert trial["cleanup"]["leftover_procs"] == 0, trial
         assert trial["cleanup"]["remaining_after_kill"] == 0, trial
         assert trial["cleanup"]["leftover_fds"] == 0, trial
+    counted = [t for t in data["trials"] if t["scenario"] == "syscalls" and t["status"] == "ok"]
+    assert counted
+    for trial in counted:  # counted inside the window, for every kind of tree
+        if shutil.which("perf"):
+            assert trial["server"]["syscalls"] > 0, trial
+        else:
+            assert trial["server"]["syscalls"] is None
+            assert "perf is not installed" in trial["reason"]
     placement_note = data["environment"]["placement"]
     for trial in data["trials"]:  # one worker per server CPU, for those that take workers
         sized = trial["model"] in MODELS and MODELS[trial["model"]].takes_workers

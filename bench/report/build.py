@@ -22,6 +22,7 @@ from bench.report.tables import (
     scenario_table,
     to_markdown,
 )
+from bench.report.textbook import textbook_table
 from bench.results import ResultsError, load_results, results_file
 
 REPORT_FILE = "REPORT.md"
@@ -49,9 +50,10 @@ def _load(arg: str | None, root: str) -> tuple[Path, dict]:
 
 
 def build_tables(run: Run) -> tuple[list[Table], list[tuple[str, Table]]]:
-    """The seed comparisons and, per scenario in report order, its table with sentences."""
+    """The seed comparisons and the models past them and, per scenario in report order,
+    its table with sentences."""
     seed = [mechanism_table(run), chat_table(run), ipc_table(run), lock_table(run),
-            memory_table(run)]
+            memory_table(run), textbook_table(run)]
     per_scenario = []
     for scenario in scenario_order(run):
         if run.xs(scenario):
@@ -83,7 +85,9 @@ def render_markdown(run: Run, seed: list[Table], per_scenario: list[tuple[str, T
     parts += ["## The seed's comparisons, measured", ""]
     parts += [to_markdown(t) for t in seed[:2]]
     parts += ["## What the seed asserts in words, measured", ""]
-    parts += [to_markdown(t) for t in seed[2:]]
+    parts += [to_markdown(t) for t in seed[2:5]]
+    parts += ["## Past the textbook", ""]
+    parts += [to_markdown(t) for t in seed[5:]]
     parts += ["## Scenarios", ""]
     for scenario, table in per_scenario:
         parts.append(to_markdown(table))

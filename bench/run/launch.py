@@ -102,6 +102,7 @@ class TrialSpec:
     server: CommandServer | None = None  # None: the built-in model `model`
     ready_timeout: float = READY_TIMEOUT
     workers: int | None = None  # --workers, for the models that take it
+    count_syscalls: bool = False  # the scenario asks for the server's system calls
 
     def server_argv(self, port: int) -> list[str]:
         """The server's command line; a built-in model takes port 0 and says which it got."""

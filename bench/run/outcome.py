@@ -70,7 +70,7 @@ def figures(server: dict | None, load: dict | None) -> dict:
     """A trial's "derived" record: per-message and per-connection figures, and the
     ones the gate reads; None where they do not apply."""
     out = {"cpu_per_msg_us": None, "ctx_per_msg": None, "pss_per_conn_bytes": None,
-           "throughput_msgs_s": None, "p99_us": None}
+           "throughput_msgs_s": None, "p99_us": None, "syscalls_per_msg": None}
     if load:
         out["throughput_msgs_s"] = load.get("throughput_msgs_s")
         out["p99_us"] = (load.get("latency_us") or {}).get("p99")
@@ -80,6 +80,8 @@ def figures(server: dict | None, load: dict | None) -> dict:
     if messages > 0:
         out["cpu_per_msg_us"] = server["cpu_s"] / messages * 1e6
         out["ctx_per_msg"] = (server["ctx_voluntary"] + server["ctx_involuntary"]) / messages
+        if server.get("syscalls") is not None:
+            out["syscalls_per_msg"] = server["syscalls"] / messages
     # Anonymous PSS only: see bench/sample/sampler.py for why file pages are left out.
     baseline, mean = server.get("pss_anon_baseline_bytes"), server.get("pss_anon_mean_bytes")
     connected = load.get("connected") or 0

@@ -78,11 +78,16 @@ class Scenario:
     reference: tuple[str, ...] = ()  # the suites in which the C server runs too
     why: str = ""
     headline: tuple[str, str, str] = ("server.cpu_util", "CPU core", "{:.2f}")  # path, label, fmt
+    # Count the server's system calls in the window (bench/sample/syscalls.py).  Only
+    # where asked: the tracepoint costs a little on every call, so the other
+    # scenarios' CPU figures stay untouched by it.
+    count_syscalls: bool = False
 
     def metadata(self) -> dict:
         return {"title": self.title, "x": self.x, "x_label": self.x_label,
                 "workload": self.workload, "protocol": self.protocol, "log_x": self.log_x,
-                "description": self.why, "headline": self.headline[0]}
+                "description": self.why, "headline": self.headline[0],
+                "count_syscalls": self.count_syscalls}
 
 
 # Within 2 minutes the C server fits in echo_clients only, within 10 in three scenarios.
@@ -115,6 +120,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
          "full": pts("clients", [1, 10, 100, 1000], size=64)},
         reference=SUITES, why="how fast each model turns requests around when pushed",
         headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
+    Scenario(
+        "syscalls", "System calls per message", "echo", "echo",
+        "clients", "clients (closed loop, 64 B)", True,
+        {"quick": pts("clients", [50], size=64),
+         "default": pts("clients", [1, 50], size=64),
+         "full": pts("clients", [1, 10, 50, 1000], size=64)},
+        reference=SUITES, count_syscalls=True,
+        why="what readiness costs in kernel crossings against completion's batched submissions",
+        headline=("derived.syscalls_per_msg", "syscalls/msg", "{:.2f}")),
     Scenario(
         "echo_size", "Echo throughput and latency vs message size", "echo", "echo",
         "size", "message size (bytes)", True,

@@ -160,7 +160,8 @@ def _spec(planned: PlannedTrial, args: argparse.Namespace, servers: dict[str, Co
         load_args=load_args(sc, planned.point), connections=connections(planned.point),
         server=servers.get(planned.model), ready_timeout=args.ready_timeout,
         # Every model gets the same CPUs; the multi-worker ones one worker on each.
-        workers=planned.point.get("workers", len(where.server_cpus)) if sized else None)
+        workers=planned.point.get("workers", len(where.server_cpus)) if sized else None,
+        count_syscalls=sc.count_syscalls)
 
 
 def _run_dir(out: Path, suite: str) -> Path:

@@ -31,6 +31,7 @@ from bench.run.outcome import classify, figures, generator_bound
 from bench.sample import procfs
 from bench.sample.environment import Placement
 from bench.sample.sampler import TreeSampler
+from bench.sample.syscalls import SyscallCounter
 from muxbench import ROOT, markers, procs
 
 # An invalid trial names the other work on the generator's CPUs past this
@@ -47,6 +48,7 @@ class Trial:
         self.started_at = utc_now()
         self.failure: str | None = None
         self.sampler: TreeSampler | None = None
+        self.syscalls: SyscallCounter | None = None
         self.load_proc: subprocess.Popen | None = None
         self.output = ""  # the generator's stdout: one JSON object
         self.readers: list[threading.Thread] = []
@@ -79,6 +81,9 @@ class Trial:
                                    self.server.cgroup)
         self.sampler.mark("ready")
         self.sampler.start()
+        if self.spec.count_syscalls:
+            # Every process of the tree by now (prefork's workers); later ones inherit.
+            self.syscalls = SyscallCounter(procs.group_members(self.server.proc.pid))
         self.sampler.mark("load_start")
         # Pipes, not a temporary file: a pipe's inode is never reused soon, which is what
         # makes the leftover-descriptor check below exact.
@@ -104,7 +109,11 @@ class Trial:
                 self.sampler.hold_costly_ticks(True)  # first: a costly tick must stop now
                 self._mark_client_cpus("start")
                 self.sampler.mark("start", memory=False)
+                if self.syscalls is not None:
+                    self.syscalls.enable()
             elif line == markers.WINDOW_END:
+                if self.syscalls is not None:
+                    self.syscalls.disable()
                 self._mark_client_cpus("end")
                 self.sampler.mark("end", memory=False)
                 self.sampler.hold_costly_ticks(False)
@@ -150,6 +159,10 @@ class Trial:
         memory_from = self.warmup_at if window[0] == "start" else None
         stats = self.sampler.stats(*window, baseline="ready", memory_from=memory_from)
         stats["window"] = "loadgen" if window[0] == "start" else "process"
+        uncounted = None
+        if self.syscalls is not None:
+            stats["syscalls"], uncounted = self.syscalls.close()
+            self.syscalls = None
         client = None
         if self.rusage is not None:
             client = {"cpu_s": self.rusage.ru_utime + self.rusage.ru_stime, "source": "rusage",
@@ -162,6 +175,8 @@ class Trial:
             self.spec.workload, load, outcome, self.server.proc.poll(),
             procs.tail(self.server.stderr_path))
         trial["generator_bound"] = generator_bound(trial["status"], load)
+        if uncounted:
+            _note(trial, f"system calls not counted: {uncounted}")
         if trial["status"] == "invalid" and client is not None:
             note = others_note(client["window"], stats["wall_s"], len(self.where.client_cpus))
             if note:
@@ -234,6 +249,8 @@ class Trial:
         self._join_readers()
         if self.sampler is not None:
             self.sampler.stop()
+        if self.syscalls is not None:
+            self.syscalls.close()
         cleanup = self.server.dispose()
         # Still open = the same number naming the same file (numbers and inodes are both
         # reused, by the trial that started meanwhile, but not together).
