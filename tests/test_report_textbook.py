@@ -77,6 +77,6 @@ def test_the_sentences_follow_the_numbers():
 
 def test_a_run_without_them_says_so():
     table = textbook_table(Run(fixture()))
-    assert [row[0] for row in table.rows] == [["epoll"]]
+    assert table.rows == []  # the yardsticks alone would repeat the other tables
     assert table.notes == ["None of the models past the textbook was measured in this run."]
     assert table.sentences == []
