@@ -31,7 +31,7 @@ tools:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,uvloop,uring]'
+	$(BIN)/pip install --quiet -e '.[test,uvloop,uring,cluster]'
 	touch $@
 
 test: install

@@ -21,7 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2 added what a run on a cluster keeps (below); a version 1 file is the
+# same without it, and reads as a run on one machine.
+READABLE_VERSIONS = (1, 2)
 RESULTS_FILE = "results.json"
 LATEST = "latest"
 
@@ -50,8 +53,24 @@ TRIAL_KEYS = ("scenario", "model", "protocol", "point", "repeat", "status")
 # and read as bounds, see is_generator_bound; absent in runs from before it was
 # recorded, which read as false).  The environment adds skipped_models ({model:
 # why}), cpu_accounting and ctx_switch_accounting.
+# Version 2, a run on a Dask cluster (bench/cluster/): the environment's
+# "cluster" ({address, hosts}), and in each trial "hosts" (the server host's
+# entry with its placement and server figures, then each generator host's with
+# its own load figures and histograms; server, load and derived hold the merged
+# figures, as a local run's), "network" (loopback, veth or nic), "clock_offsets"
+# ({host: {offset_ns, error_ns}}) and "window" ({start_ns, end_ns}: the common
+# window on the orchestrator's clock).  A local run has none of them.
+# A C100K trial (a scenario with a "family", bench/run/capacity.py) may be
+# "stopped": the model cannot hold its point, and that is where it breaks, no
+# failure of the run.  It then holds "stopped" ({at: the N where the model
+# stopped, why, inclusive: N itself is not tried again, before_run: refused or
+# skipped without running -- server, load and derived are then null}); one
+# stopped in its run keeps its measurements (load.connected: how many it held).
+# Such trials also hold "sockstat" ({before, window}: /proc/net/sockstat's TCP
+# inuse, orphan, tw, alloc and mem_bytes, bench/sample/sockstat.py) and
+# derived.kernel_mem_per_conn_bytes (null where the difference is below noise).
 RUN_STATUSES = ("running", "complete", "interrupted")
-TRIAL_STATUSES = ("ok", "failed", "invalid")
+TRIAL_STATUSES = ("ok", "failed", "invalid", "stopped")
 
 PointKey = tuple[str, str, str, Any]
 
@@ -202,9 +221,10 @@ def load_results(path_or_run_dir: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object at the top level")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ResultsError(f"{path}: schema_version {version!r} is not supported "
-                           f"(this muxbench reads version {SCHEMA_VERSION})")
+                           f"(this muxbench reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))})")
     _require(data, RUN_KEYS, str(path))
     if data["status"] not in RUN_STATUSES:
         raise ResultsError(f"{path}: unknown run status {data['status']!r}")
@@ -238,6 +258,8 @@ TRIAL_TYPES: Types = {
     "repeat": (int,), "reason": (str, type(None)),
     "server": (dict, type(None)), "derived": (dict, type(None)), "load": (dict, type(None)),
     "client": (dict, type(None)),
+    "hosts": (list, type(None)), "network": (str, type(None)),
+    "clock_offsets": (dict, type(None)), "window": (dict, type(None)),
 }
 CLIENT_TYPES: Types = {"window": (dict, type(None))}
 # A figure absent or null was not recorded (runs from before steal_s was kept).
@@ -262,6 +284,9 @@ def _check_trial(trial: dict, where: str) -> None:
         obj = _at(trial, path)
         if isinstance(obj, dict):
             _check_types(obj, types, f"{where}, {'.'.join(path)}" if path else where)
+    for i, host in enumerate(trial.get("hosts") or []):
+        if not isinstance(host, dict) or not isinstance(host.get("host"), str):
+            raise ResultsError(f"{where}, hosts[{i}]: expected an object with a 'host' name")
     # A point's keys are its scenario's parameters, so its table is made from them.
     point = trial["point"]
     _check_types(point, dict.fromkeys(point, POINT_VALUE), f"{where}, point")

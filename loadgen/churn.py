@@ -14,10 +14,11 @@ from __future__ import annotations
 import socket
 import time
 
+from loadgen.connect import dial
 from loadgen.integrity import Pattern
 from loadgen.record import new_samples
 from loadgen.timer import sleep_until
-from loadgen.worker import IN, OUT, Go, Phases, Worker, dial
+from loadgen.worker import IN, OUT, Go, Phases, Worker
 from muxbench.net import RECV_SIZE
 
 RETRY_NS = 10_000_000

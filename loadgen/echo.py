@@ -19,8 +19,10 @@ loop.  What is done once per run is shared.
 from __future__ import annotations
 
 import heapq
+import os
 import socket
 import time
+from array import array
 from collections import deque
 
 from loadgen.integrity import (
@@ -43,14 +45,13 @@ PROBE = b"\x00"  # see EchoWorker.prepare
 
 
 class EchoConn:
-    __slots__ = ("active", "alive", "arrivals", "body", "buf", "cid", "fd", "inflight", "key",
+    __slots__ = ("alive", "arrivals", "body", "buf", "cid", "fd", "inflight", "key",
                  "missing", "out", "pattern", "recv", "send", "seq", "sock", "waiting")
 
-    def __init__(self, cid: int, sock: socket.socket, pattern: Pattern, active: bool) -> None:
+    def __init__(self, cid: int, sock: socket.socket, pattern: Pattern) -> None:
         self.cid, self.sock, self.fd, self.pattern = cid, sock, sock.fileno(), pattern
         # Looked up once: these are used for every message.
         self.body, self.key, self.recv, self.send = pattern.body, pattern.key, sock.recv, sock.send
-        self.active = active
         self.alive = True
         self.buf = b""
         self.out = b""
@@ -88,7 +89,8 @@ class EchoWorker(Worker):
                 except OSError as exc:
                     echoed, why = b"", exc
                 else:
-                    why = "probe not echoed"
+                    # Closed unanswered: how a server at its limit refuses.
+                    why = "probe not echoed" if echoed else "closed before the probe's answer"
                 if echoed != PROBE:  # a 1-byte probe arrives whole or not at all
                     self.fail(why)
                     sock.close()
@@ -103,13 +105,18 @@ class EchoWorker(Worker):
     def adopt(self, socks: dict[int, socket.socket]) -> None:
         plan = self.plan
         everyone_active = plan.workload == "echo"
-        self.all = [EchoConn(cid, sock, Pattern(cid, plan.size, plan.seed),
-                             everyone_active or cid in plan.active)
-                    for cid, sock in socks.items()]
-        self.conns = {c.fd: c for c in self.all}
-        self.active = [c for c in self.all if c.active]
-        for c in self.all:
+        active = {cid for cid in socks if everyone_active or cid in plan.active}
+        self.active = [EchoConn(cid, socks[cid], Pattern(cid, plan.size, plan.seed))
+                       for cid in sorted(active)]
+        self.conns = {c.fd: c for c in self.active}
+        for c in self.active:
             self.ep.register(c.fd, IN)
+        # An idle connection is kept as its bare descriptor, watched only for
+        # the server closing it: no object, no buffer, nothing per connection
+        # here but what the kernel keeps (docs/c100k.md has the measure).
+        self.idle = array("i", [socks[cid].detach() for cid in socks if cid not in active])
+        for fd in self.idle:
+            self.ep.register(fd, IN)
         self.open_loop = plan.rate is not None and plan.workload == "echo"
         self.lag = Lag()
         self.heap: list[tuple[int, int]] = []
@@ -171,6 +178,19 @@ class EchoWorker(Worker):
             self.send_due(c, due, time.perf_counter_ns(), free=False)
 
     # -- receiving --------------------------------------------------------------
+    def idle_event(self, fd: int) -> None:
+        """An idle connection became readable: the server closed it, or sent
+        what nobody asked for.  Either way it is counted and closed."""
+        try:
+            why = "unsolicited data" if os.read(fd, RECV_SIZE) else "EOF"
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            why = exc
+        self.fail(why)
+        self.ep.unregister(fd)
+        os.close(fd)
+
     def receive_unusual(self, c: EchoConn, data: bytes, seen: int) -> int:
         """Data that is not exactly the next frame: part of one, several, or a mismatch.
 
@@ -244,6 +264,8 @@ class EchoWorker(Worker):
                 if c is None:
                     if fd == chan_fd:
                         self.hear(phases)
+                    else:
+                        self.idle_event(fd)
                     continue
                 if ev & OUT:
                     self.flush(c)
@@ -267,7 +289,7 @@ class EchoWorker(Worker):
                         record_latency(seen - entry[due_slot])
                 else:
                     received += self.receive_unusual(c, data, seen)
-                    if not c.active or len(inflight) >= depth:
+                    if len(inflight) >= depth:
                         continue
                 if sending:
                     refills.append(c)
@@ -344,6 +366,8 @@ class EchoWorker(Worker):
                     elif fd == timer_fd:
                         timer.clear()
                         armed = 0
+                    else:
+                        self.idle_event(fd)
                     continue
                 if ev & OUT:
                     self.flush(c)
@@ -366,7 +390,7 @@ class EchoWorker(Worker):
                         record_service(seen - entry[sent_slot])
                 else:
                     received += self.receive_unusual(c, data, seen)
-                    if not c.active or len(inflight) >= depth:
+                    if len(inflight) >= depth:
                         continue
                 self.release(c)
             now = clock()
@@ -395,10 +419,10 @@ class EchoWorker(Worker):
         tally.received += received
         tally.sent += sent
         unsent = sum(self.by_cid[cid].alive for _, cid in self.heap) + sum(
-            c.waiting is not None for c in self.all if c.alive)
+            c.waiting is not None for c in self.active if c.alive)
         if unsent:
             self.errors["unsent at drain end"] += unsent
-        for c in self.all:
+        for c in self.active:
             tally.lost += count_unanswered(c.inflight, c.missing)
             if c.alive:
                 # Lost as far as this run can tell, but perhaps only slow: say so.

@@ -21,14 +21,16 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
+from loadgen.connect import CONNECT_BATCH
 from loadgen.integrity import Window
 from loadgen.timer import sleep_until
-from loadgen.worker import CONNECT_BATCH, Go, Plan
+from loadgen.worker import Go, Plan
 from muxbench import markers
 from muxbench.lifetime import die_with_parent
+from muxbench.limits import memory_of
 
 # Slack on top of connect time + warm-up + duration + drain before everything is killed.
 GRACE_S = 5.0
@@ -55,6 +57,10 @@ class Config:
     drain: float
     seed: int
     cpus: list[int] | None
+    start_at_ns: int | None = None  # time.time_ns() at which the window must open
+    sources: list[str] = field(default_factory=list)  # local addresses, spread by cid
+    connect_rate: float | None = None                 # connects per second, all workers
+    nofile_limit: int | None = None                   # each worker's RLIMIT_NOFILE
 
 
 @dataclass
@@ -68,6 +74,9 @@ class Outcome:
     missing_workers: int              # workers that died or timed out without a result
     procs: int
     interrupted: bool = False         # Ctrl-C or SIGTERM cut the window short
+    ready: list[dict] = field(default_factory=list)  # each worker's report once connected
+    connect_s: float = 0.0            # from the first fork to the last worker ready
+    parent_memory: tuple[int, int] = (0, 0)  # (PSS, USS) of the parent, then
 
     @property
     def duration_s(self) -> float:
@@ -87,18 +96,22 @@ def _worker_class(workload: str) -> type:
 
 
 def _plans(cfg: Config, family: int, host: str, procs: int) -> list[Plan]:
-    sources: list[str] = []
-    if cfg.workload == "churn" and family == socket.AF_INET and host.startswith("127."):
+    sources = cfg.sources
+    if not sources and cfg.workload == "churn" and family == socket.AF_INET and \
+            host.startswith("127."):
         # Many source addresses: each has its own ~28k ephemeral ports, so
         # TIME_WAIT from a fast connect/close loop cannot exhaust them.
         sources = [f"127.0.0.{i}" for i in range(2, 255)]
+    # Churn gives each worker addresses of its own; held connections take
+    # theirs by connection id, so that every address carries an equal share.
     return [
         Plan(workload=cfg.workload, host=host, port=cfg.port, family=family,
              cids=list(range(i, cfg.clients, procs)), clients=cfg.clients, size=cfg.size,
              depth=cfg.depth, rate=cfg.rate, arrival=cfg.arrival, seed=cfg.seed,
              connect_timeout=cfg.connect_timeout, drain_s=cfg.drain,
              active=set(range(cfg.active)) if cfg.workload == "sparse" else set(),
-             sources=sources[i::procs] if sources else [])
+             sources=(sources[i::procs] or sources) if cfg.workload == "churn" else sources,
+             procs=procs, connect_rate=cfg.connect_rate)
         for i in range(procs)
     ]
 
@@ -128,6 +141,17 @@ def _child(index: int, plan: Plan, chan: Connection, cls: type, parent: int,
               file=sys.stderr, flush=True)
     finally:
         os._exit(code)
+
+
+def _window_start(cfg: Config, t0: int, clock_offset: float) -> int:
+    """When the window opens (perf_counter ns): after the warm-up, or at
+    cfg.start_at_ns when given, so that generators on several hosts share one
+    window -- never before the warm-up is over, so a host that connected too
+    late opens late, and its recorded window says so."""
+    start = t0 + int(cfg.warmup * 1e9)
+    if cfg.start_at_ns is None:
+        return start
+    return max(start, cfg.start_at_ns - int(clock_offset * 1e9))
 
 
 class Workers:
@@ -198,18 +222,26 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
     procs = max(1, min(cfg.procs, cfg.clients))
     plans = _plans(cfg, family, host, procs)
     per_worker = -(-cfg.clients // procs)
-    connect_budget = cfg.connect_timeout * -(-per_worker // CONNECT_BATCH)
+    # Each connection may be retried; a paced start takes clients / rate on its own.
+    connect_budget = (cfg.connect_timeout * -(-per_worker // CONNECT_BATCH) * 2
+                      + (cfg.clients / cfg.connect_rate if cfg.connect_rate else 0.0))
     started = time.monotonic()
-    hard_cap = started + connect_budget + cfg.warmup + cfg.duration + cfg.drain + GRACE_S
+    held = max(0, (cfg.start_at_ns or 0) - time.time_ns()) / 1e9  # --start-at's wait
+    hard_cap = (started + connect_budget + cfg.warmup + held + cfg.duration + cfg.drain
+                + GRACE_S)
     clock_offset = time.time() - time.perf_counter_ns() / 1e9
     workers = Workers(cfg, plans)
     try:
         ready = workers.gather("ready", started + connect_budget + GRACE_S)
-        connected = sum(r[0] for r in ready.values())
+        reports = [r[0] for _, r in sorted(ready.items())]
+        connect_s = time.monotonic() - started
+        parent_memory = memory_of()
+        connected = sum(r["held"] for r in reports)
         window, interrupted = None, False
         if connected or cfg.workload == "churn":
             t0 = time.perf_counter_ns() + LEAD_NS
-            window = Window(t0 + int(cfg.warmup * 1e9), t0 + int((cfg.warmup + cfg.duration) * 1e9))
+            start = _window_start(cfg, t0, clock_offset)
+            window = Window(start, start + int(cfg.duration * 1e9))
             workers.send(("go", Go(t0, window)))
             marker(markers.WARMUP_START)
             sleep_until(window.start)
@@ -233,6 +265,7 @@ def run(cfg: Config, family: int, host: str, marker: Callable[[str], None]) -> O
             workers.send(("stop",))
         results = workers.gather("result", hard_cap)
         return Outcome([r[0] for _, r in sorted(results.items())], connected, window,
-                       clock_offset, procs - len(results), procs, interrupted)
+                       clock_offset, procs - len(results), procs, interrupted,
+                       reports, connect_s, parent_memory)
     finally:
         workers.close()

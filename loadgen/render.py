@@ -50,6 +50,16 @@ def render(out: dict) -> str:
     if out["connections_per_s"] is not None:
         lines.append(f"churn: {out['connections_per_s']:,.0f} connections/s; connect µs: "
                      f"{_stats(out['connect_latency_us'])}")
+    connect, memory = out.get("connect"), out.get("generator_memory")
+    if connect:
+        sources = f", from {len(connect['sources'])} source addresses" if connect["sources"] else ""
+        lines.append(f"connect: {connect['held']:,} of {connect['wanted']:,} held in "
+                     f"{connect['seconds']:.2f} s{sources}, {connect['retries']:,} retries, "
+                     f"{connect['failed']:,} failed; descriptor limit {connect['nofile_limit']:,}"
+                     " per worker")
+    if memory and memory["uss_per_connection_bytes"] is not None:
+        lines.append(f"generator memory: PSS {memory['pss_bytes'] / 1e6:,.1f} MB, "
+                     f"{memory['uss_per_connection_bytes']:,.0f} B USS per connection")
     if out["active"] is not None:
         lines.append(f"connections: {out['active']} active, {out['idle']} idle")
     lines.append("integrity: " + ", ".join(

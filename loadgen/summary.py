@@ -110,16 +110,56 @@ def build(cfg: Config, outcome: Outcome) -> dict:
                         for lat, svc in zip(latency_hdrs, service_hdrs, strict=True)],
     }
     _workload_fields(cfg, outcome, out)
+    out["connect"] = None if cfg.workload == "churn" else _connect(cfg, outcome, errors)
+    out["generator_memory"] = _memory(outcome)
     out["message"], out["exit_status"] = _verdict(cfg, outcome, out)
     return out
 
 
+def _connect(cfg: Config, outcome: Outcome, errors: dict[str, int]) -> dict:
+    """How the connections were made: wanted, held (answered the probe), retried, failed."""
+    reports = outcome.ready
+    held = sum(r["held"] for r in reports)
+    failed = cfg.clients - held
+    # Connections that got through but did not answer the probe count as failed too.
+    reason = ", ".join(f"{k} x{n}" for k, n in sorted(errors.items())) if failed else None
+    return {
+        "wanted": cfg.clients, "held": held, "retries": _sum(reports, "retries"),
+        "failed": failed, "reason": reason or ("worker lost" if failed else None),
+        "seconds": outcome.connect_s,
+        "rate_per_s": held / outcome.connect_s if outcome.connect_s else None,
+        "connect_rate": cfg.connect_rate, "sources": cfg.sources,
+        "nofile_limit": cfg.nofile_limit,
+    }
+
+
+def _memory(outcome: Outcome) -> dict:
+    """The generator's memory once every connection was up: parent and workers.
+
+    A worker is forked from the parent, so what it shares with it is counted
+    in PSS (split between them) but not in USS, which is what the worker made
+    of its own: the connections' bookkeeping, above all.  Per connection,
+    then, is the workers' USS over the connections held; the parent's
+    interpreter is the same for one connection or a hundred thousand.
+    """
+    workers_uss = _sum(outcome.ready, "uss_bytes")
+    held = outcome.connected
+    return {"pss_bytes": outcome.parent_memory[0] + _sum(outcome.ready, "pss_bytes"),
+            "uss_bytes": outcome.parent_memory[1] + workers_uss,
+            "workers_uss_bytes": workers_uss,
+            "uss_per_connection_bytes": workers_uss / held if held else None}
+
+
 def _window(outcome: Outcome) -> dict:
+    """The window's edges on this host's clock, in seconds and in nanoseconds
+    (the latter exact enough to compare hosts' windows: bench/cluster/clock.py)."""
     if outcome.window is None:
-        return {"start_unix": None, "end_unix": None}
+        return dict.fromkeys(("start_unix", "end_unix", "start_ns", "end_ns"))
+    offset_ns = int(outcome.clock_offset * 1e9)
     start, end = outcome.window
     return {"start_unix": start / 1e9 + outcome.clock_offset,
-            "end_unix": end / 1e9 + outcome.clock_offset}
+            "end_unix": end / 1e9 + outcome.clock_offset,
+            "start_ns": start + offset_ns, "end_ns": end + offset_ns}
 
 
 def _workload_fields(cfg: Config, outcome: Outcome, out: dict) -> None:

@@ -12,7 +12,6 @@ window saw.
 
 from __future__ import annotations
 
-import errno
 import select
 import socket
 import time
@@ -20,15 +19,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from loadgen.connect import Connector, error_kind
 from loadgen.integrity import Tally, Window
 from loadgen.record import new_samples
-
-# Connections a worker has in SYN state at once: connecting thousands at the
-# same instant overflows the server's accept queue and shows up as 1 s / 3 s
-# SYN-retransmit outliers that are the generator's fault, not the server's.
-CONNECT_BATCH = 64
-
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+from muxbench.limits import memory_of
 
 IN = select.EPOLLIN | select.EPOLLRDHUP
 OUT = select.EPOLLOUT
@@ -52,7 +46,9 @@ class Plan:
     connect_timeout: float
     drain_s: float
     active: set[int] = field(default_factory=set)   # sparse: cids that ping-pong
-    sources: list[str] = field(default_factory=list)  # churn: local addresses to bind
+    sources: list[str] = field(default_factory=list)  # local addresses to bind, by cid
+    procs: int = 1                # workers sharing the connect rate
+    connect_rate: float | None = None  # connects per second over all workers
 
 
 @dataclass
@@ -61,41 +57,6 @@ class Go:
 
     t0: int
     window: Window
-
-
-def error_kind(exc: BaseException | int | str) -> str:
-    """A short stable name for an error: the errno symbol when there is one."""
-    if isinstance(exc, str):
-        return exc
-    code = exc if isinstance(exc, int) else getattr(exc, "errno", None)
-    if code:
-        return errno.errorcode.get(code, f"errno {code}")
-    return type(exc).__name__
-
-
-def dial(family: int, address: tuple,
-         source: str | None = None) -> tuple[socket.socket | None, int]:
-    """Start a non-blocking connect: (socket, 0 or EINPROGRESS), or (None, errno)
-    after closing the socket (out of descriptors, refused at once, ...)."""
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        return None, exc.errno or errno.EIO
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if source is not None:
-            # Let connect() pick the port per destination: bind() alone would
-            # reserve a port per source address, as if for a listener.
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((source, 0))
-        err = sock.connect_ex(address)
-    except OSError as exc:
-        err = exc.errno or errno.EIO
-    if err in (0, errno.EINPROGRESS):
-        return sock, err
-    sock.close()
-    return None, err
 
 
 class Phases:
@@ -174,44 +135,15 @@ class Worker:
         self.window_start = self.window_end = 0
         self.cpu_window_ns = 0
         self._cpu_mark = 0
+        self.connect_stats = {"retries": 0, "failed": 0}
 
     # -- connecting ---------------------------------------------------------
     def open_connections(self) -> dict[int, socket.socket]:
-        """Connect this worker's share, CONNECT_BATCH at a time; cid -> socket."""
-        plan = self.plan
-        todo = deque(plan.cids)
-        pending: dict[int, tuple[int, socket.socket, float]] = {}
-        ready: dict[int, socket.socket] = {}
-        timeout = plan.connect_timeout
-        while todo or pending:
-            while todo and len(pending) < CONNECT_BATCH:
-                cid = todo.popleft()
-                sock, err = dial(plan.family, self.address)
-                if sock is None:
-                    self.errors[error_kind(err)] += 1
-                    continue
-                pending[sock.fileno()] = (cid, sock, time.monotonic() + timeout)
-                self.ep.register(sock.fileno(), OUT)
-            if not pending:
-                continue
-            soonest = min(deadline for _, _, deadline in pending.values())
-            for fd, _ in self.ep.poll(max(0.0, soonest - time.monotonic())):
-                cid, sock, _ = pending.pop(fd)
-                self.ep.unregister(fd)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    self.errors[error_kind(err)] += 1
-                    sock.close()
-                else:
-                    ready[cid] = sock
-            now = time.monotonic()
-            for fd, (_, sock, deadline) in list(pending.items()):
-                if deadline <= now:
-                    del pending[fd]
-                    self.ep.unregister(fd)
-                    sock.close()
-                    self.errors["ETIMEDOUT"] += 1
-        return ready
+        """Connect this worker's share (loadgen/connect.py); cid -> socket."""
+        connector = Connector(self.plan, self.ep, self.errors)
+        socks = connector.run()
+        self.connect_stats = {"retries": connector.retries, "failed": connector.failed}
+        return socks
 
     # -- the window -----------------------------------------------------------
     def cpu_mark(self) -> None:
@@ -266,17 +198,19 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------
     def main(self) -> None:
         socks = self.prepare(self.open_connections()) if self.needs_connections else {}
-        self.chan.send(("ready", len(socks)))
-        message = self.chan.recv()
+        held = len(socks)
         self.adopt(socks)
+        del socks  # what adopt() kept is all a connection costs from here on
+        pss, uss = memory_of()
+        self.chan.send(("ready", {"held": held, **self.connect_stats,
+                                  "pss_bytes": pss, "uss_bytes": uss}))
+        message = self.chan.recv()
         if message[0] == "go":
             # The parent speaks during the run only to cut the window short
             # (Ctrl-C) or, in chat, to say how many lines the drain awaits.
             self.ep.register(self.chan.fileno(), IN)
             self.run(message[1])
-        else:
-            for sock in socks.values():
-                sock.close()
+        # Told to stop: exiting closes the connections.
         self.chan.send(("result", self.result()))
 
     def prepare(self, socks: dict[int, socket.socket]) -> dict[int, socket.socket]:

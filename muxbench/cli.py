@@ -19,11 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("servers.cli_serve", "run one server model until SIGTERM or SIGINT"),
     "load": ("loadgen.cli", "drive a server with N clients and report latency and integrity"),
     "chat": ("loadgen.chat_client", "interactive chat client"),
-    "bench": ("bench.run.suite", "run a benchmark suite and store results.json"),
+    "bench": ("bench.cluster.suite", "run a benchmark suite and store results.json"),
     "report": ("bench.report.build", "write REPORT.md and plots from a results run"),
     "compare": ("bench.gate.compare", "compare two runs; exit 1 when NEW regressed against BASE"),
     "regress": ("bench.gate.regress", "judge the working tree against a git revision, run here"),
     "check": ("bench.gate.invariants", "check a stored run against what must hold on any machine"),
+    "cluster": ("bench.cluster.cli", "hosts made of network namespaces, with a Dask worker each"),
 }
 
 

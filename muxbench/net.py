@@ -1,14 +1,14 @@
-"""What every layer needs to know of the network: one receive size, loopback, the fd limit.
+"""What every layer needs to know of the network: one receive size, loopback.
 
 The servers, the load generator and the chat client all read sockets with the
 same receive size, and all refuse (or warn about) an address that is not
-loopback unless told otherwise; both are decided here, once.
+loopback unless told otherwise; both are decided here, once.  (The descriptor
+limit is muxbench/limits.py's.)
 """
 
 from __future__ import annotations
 
 import ipaddress
-import resource
 import socket
 
 # One receive size for every model and every client.  recv(256 KiB) costs several
@@ -27,16 +27,3 @@ def is_loopback(host: str) -> bool:
         ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
     )
 
-
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft

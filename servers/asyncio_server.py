@@ -30,8 +30,10 @@ import signal
 import socket
 from collections.abc import Callable
 
+from muxbench.limits import raise_nofile
 from muxbench.net import RECV_SIZE
 from servers import shutdown
+from servers.limits import HEADROOM_FDS, refuse
 from servers.net import Acceptor, at_capacity, format_address, somaxconn, tune
 from servers.protocol import ProtocolError
 from servers.shutdown import SIGNALS
@@ -62,6 +64,13 @@ class Client(asyncio.BufferedProtocol):
         self.peer = format_address(peername)
         clients = self.server.clients
         if at_capacity(self.server.limits.max_clients, len(clients), self.peer):
+            transport.close()
+            return
+        if len(clients) >= self.server.capacity:
+            # uvloop sheds past its last descriptor without a word (libuv's
+            # reserve descriptor); both loops say it here, a little before.
+            refuse("descriptors", "refused %s: %d clients, the most RLIMIT_NOFILE %d leaves "
+                   "room for", self.peer, len(clients), self.server.nofile)
             transport.close()
             return
         tune(transport.get_extra_info("socket"))
@@ -158,6 +167,8 @@ class AsyncioServer:
         # and each read is consumed before the next one starts.
         self.buffer = memoryview(bytearray(RECV_SIZE))
         self.acceptor = Acceptor(listener)
+        self.nofile = raise_nofile().soft
+        self.capacity = self.nofile - HEADROOM_FDS
         self.server: asyncio.AbstractServer | None = None
         self.throttle = protocol.throttle  # None: nothing room-wide (echo)
         self.paused = False  # the room reads nobody: a member is behind
@@ -260,12 +271,13 @@ class AsyncioServer:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
             # Out of descriptors in asyncio's own accept loop, which logs a
-            # traceback and tries again, `backlog` times per wake-up, without
-            # taking the connection.  Shed it instead, as every model does
-            # (uvloop's libuv does the same by itself and never gets here).
-            accepted = self.acceptor.accept()
-            if accepted is not None and accepted[0] is not None:
-                accepted[0].close()  # a descriptor came free meanwhile: still one too many
+            # traceback and stops accepting for a second.  Shed what is queued
+            # instead, as every model does, and not one a second: a queue of
+            # thousands would wait on it for an hour (uvloop's libuv sheds by
+            # itself and never gets here).
+            while (accepted := self.acceptor.accept()) is not None:
+                if accepted[0] is not None:
+                    accepted[0].close()  # a descriptor came free meanwhile: still one too many
             return
         loop.default_exception_handler(context)
 

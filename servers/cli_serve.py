@@ -14,9 +14,10 @@ import os
 import sys
 
 from muxbench.argtypes import number_in, positive_int
-from muxbench.net import is_loopback, raise_nofile_limit
+from muxbench.limits import raise_nofile
+from muxbench.net import is_loopback
 from servers import shutdown
-from servers.models import MODELS, Options
+from servers.models import MODELS, Options, load
 from servers.net import ListenError, format_address, tcp_listen
 from servers.protocol import PROTOCOLS, Limits
 
@@ -35,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="port to bind; 0 picks a free one (default)")
     defaults = Limits()
     parser.add_argument("--max-clients", type=positive_int, default=None,
-                        help="refuse connections beyond this many (default: no limit)")
+                        help="refuse connections beyond this many (default: no limit; thread and "
+                             "fork: what pids, map entries and memory allow here, said at start)")
     parser.add_argument("--max-line", type=positive_int, default=defaults.max_line,
                         help=f"chat: longest line in bytes (default {defaults.max_line})")
     parser.add_argument("--max-output", type=positive_int, default=defaults.max_output,
@@ -77,17 +79,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # The CPUs this server was given (a harness pins it): one worker each.
     workers = args.workers or len(os.sched_getaffinity(0))
-    raise_nofile_limit()
+    nofile = raise_nofile()
     try:
         listener = tcp_listen(args.host, args.port, reuse_port=model.reuse_port)
     except ListenError as exc:
         print(f"muxbench serve: {exc}", file=sys.stderr)
         return 2
+    # Said once, listening: how many clients one process of this server can hold.
+    log.info("%s", nofile.describe())
     if not is_loopback(listener.getsockname()[0]):
         log.warning("bound to %s, which is not a loopback address: reachable from the network",
                     format_address(listener.getsockname()))
+    max_clients = args.max_clients
+    if max_clients is None and model.default_clients:
+        max_clients = load(model.default_clients)(PROTOCOLS[args.protocol].private)
     limits = Limits(max_line=args.max_line, max_output=args.max_output,
-                    max_stall=args.max_stall, max_clients=args.max_clients)
+                    max_stall=args.max_stall, max_clients=max_clients)
     protocol = PROTOCOLS[args.protocol](limits)
     try:
         wake_fd = shutdown.install()  # a signal during it raises Shutdown at its end

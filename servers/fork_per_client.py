@@ -28,6 +28,7 @@ import socket
 
 from muxbench.net import RECV_SIZE
 from servers.hub import Hub, relay
+from servers.limits import refuse
 from servers.net import at_capacity, format_address, tune
 
 log = logging.getLogger("muxbench.serve")
@@ -54,7 +55,7 @@ class ForkServer(Hub):
             keep = [s for s in (sock, child_end) if s is not None]
             pid = self.spawn(lambda: self.child(sock, child_end, peer), keep)
         except OSError as exc:  # EMFILE for the pair, EAGAIN or ENOMEM for fork
-            log.warning("dropped %s: %s", peer, exc.strerror)
+            refuse("fork", "refused %s: %s", peer, exc.strerror)
             for s in (sock, hub_end, child_end):
                 if s is not None:
                     s.close()

@@ -37,6 +37,9 @@ class Model:
     probe: str | None = None
     takes_workers: bool = False  # sized by --workers
     reuse_port: bool = False  # its listener is made with SO_REUSEPORT, for others to join
+    # "module:function(private) -> int": --max-clients when none is given, for a
+    # model that would otherwise hold clients until the machine gives out.
+    default_clients: str | None = None
 
     def unavailable_reason(self) -> str | None:
         if self.requires:
@@ -78,9 +81,11 @@ MODELS: dict[str, Model] = {
         Model("sigio", "servers.sigio_loop:SigioServer", "interrupt",
               "signal-driven I/O: O_ASYNC raises SIGIO, the server sleeps until it comes"),
         Model("thread", "servers.thread_per_client:ThreadServer", "threads",
-              "a thread per client, blocking sockets; the chat room behind a lock"),
+              "a thread per client, blocking sockets; the chat room behind a lock",
+              default_clients="servers.limits:thread_clients"),
         Model("fork", "servers.fork_per_client:ForkServer", "processes",
-              "a process per client; chat lines cross processes through socketpairs to a hub"),
+              "a process per client; chat lines cross processes through socketpairs to a hub",
+              default_clients="servers.limits:fork_clients"),
         Model("threadpool", "servers.thread_pool:ThreadPoolServer", "thread pool",
               "an epoll dispatcher thread hands ready sockets to a fixed pool of worker threads",
               takes_workers=True),

@@ -13,7 +13,10 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import socket
+
+from servers.limits import refuse
 
 log = logging.getLogger("muxbench.serve")
 
@@ -102,7 +105,8 @@ class Acceptor:
             return None
         finally:
             self._spare = os.open(os.devnull, os.O_RDONLY)
-        log.warning("out of file descriptors: shed %s", format_address(addr))
+        refuse("descriptors", "refused %s: out of file descriptors (RLIMIT_NOFILE %d)",
+               format_address(addr), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         return None, addr
 
     def client(self) -> tuple[socket.socket, str] | None:
@@ -123,7 +127,7 @@ def at_capacity(max_clients: int | None, serving: int, peer: str) -> bool:
     """--max-clients: True, with the refusal logged, when one more client is too many."""
     if max_clients is None or serving < max_clients:
         return False
-    log.warning("refused %s: already serving --max-clients=%d", peer, max_clients)
+    refuse("max-clients", "refused %s: already serving --max-clients=%d", peer, max_clients)
     return True
 
 

@@ -27,6 +27,8 @@ from servers.workers import WorkerPool
 
 
 class ReuseportServer(WorkerPool):
+    own_queues = True
+
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         host, port = listener.getsockname()[:2]
         self.own = [listener] + [tcp_listen(host, port, reuse_port=True)

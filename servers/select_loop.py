@@ -4,19 +4,19 @@ Every call hands the kernel bitmaps of every watched fd and gets back copies
 to scan, so a wait costs time in proportion to the fds watched, idle or not.
 And a bitmap has FD_SETSIZE (1024) bits: a socket whose fd number is 1024 or
 more cannot be watched at all -- Python's select() refuses it outright -- so
-such a client is turned away with a log line while the others are served.
+such a client is turned away (one log line a minute says so) while the
+others are served.
 """
 
 from __future__ import annotations
 
-import logging
 import select
 import socket
 
+from servers.limits import refuse
 from servers.reactor import Connection, Reactor
 
 FD_SETSIZE = 1024
-log = logging.getLogger("muxbench.serve")
 
 
 class SelectServer(Reactor):
@@ -28,10 +28,8 @@ class SelectServer(Reactor):
     def admits(self, sock: socket.socket, peer: str) -> bool:
         if sock.fileno() < FD_SETSIZE:
             return True
-        log.warning(
-            "refused %s: fd %d >= FD_SETSIZE (%d), select() cannot watch it",
-            peer, sock.fileno(), FD_SETSIZE,
-        )
+        refuse("fd_setsize", "refused %s: fd %d >= FD_SETSIZE (%d), select() cannot watch it",
+               peer, sock.fileno(), FD_SETSIZE)
         return False
 
     def watch(self, conn: Connection) -> None:

@@ -35,6 +35,7 @@ import threading
 import time
 
 from muxbench.net import RECV_SIZE
+from servers.limits import refuse
 from servers.net import (
     Acceptor,
     at_capacity,
@@ -135,7 +136,7 @@ class ThreadServer:
             with self.lock:
                 self.clients.discard(client)
                 self.protocol.leave(client)
-            log.warning("dropped %s: %s", peer, exc)
+            refuse("threads", "refused %s: %s", peer, exc)
             sock.close()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

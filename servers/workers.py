@@ -39,9 +39,11 @@ import os
 import select
 import socket
 
+from muxbench.limits import raise_nofile
 from servers import shutdown
 from servers.epoll_loop import EpollServer
 from servers.hub import Hub, Relay
+from servers.limits import HEADROOM_FDS, refuse
 from servers.models import Options
 from servers.net import Acceptor, at_capacity, format_address, tune
 from servers.reactor import Connection
@@ -56,6 +58,8 @@ class WorkerPool(Hub):
 
     #: How each worker watches its listener.
     listen_events = IN
+    #: Whether each worker has an accept queue of its own (reuseport) or all share one.
+    own_queues = False
 
     def __init__(self, listener: socket.socket, protocol, options) -> None:
         super().__init__(listener, protocol, options)
@@ -136,7 +140,8 @@ class WorkerPool(Hub):
         """A worker's life: its own loop, until SIGTERM."""
         options = Options(wake_fd=shutdown.install())
         if self.worker_control is None:
-            server = EchoWorker(listener, self.protocol, options, self.listen_events, self.places)
+            server = EchoWorker(listener, self.protocol, options, self.listen_events, self.places,
+                                self.own_queues)
         else:
             server = RelayWorker(listener, self.worker_control, options.wake_fd,
                                  self.listen_events, self.places)
@@ -168,13 +173,40 @@ class Places:
 
 
 class EchoWorker(EpollServer):
-    """The epoll model, watching its listener the pool's way, counting its clients in Places."""
+    """The epoll model, watching its listener the pool's way, counting its clients in
+    Places, and holding no more than its descriptor limit allows.
+
+    Full, a worker that shares its listener (prefork) stops watching it, so
+    that the workers with room take the queue; one with a queue of its own
+    (reuseport) sheds what lands there, so that nobody waits on it in vain.
+    """
 
     def __init__(self, listener: socket.socket, protocol, options: Options,
-                 listen_events: int, places: Places) -> None:
+                 listen_events: int, places: Places, own_queue: bool) -> None:
         self.listen_events = listen_events  # read by EpollServer.__init__
         super().__init__(listener, protocol, options)
         self.places = places
+        self.own_queue = own_queue
+        self.nofile = raise_nofile().soft
+        self.capacity = self.nofile - HEADROOM_FDS
+        self.accepting = True
+
+    def on_acceptable(self) -> None:
+        if len(self.conns) < self.capacity:
+            super().on_acceptable()
+        elif self.own_queue:
+            accepted = self.acceptor.accept()
+            if accepted is not None and accepted[0] is not None:
+                accepted[0].close()
+                refuse("worker full", "refused %s: worker %d is full (%d clients, "
+                       "RLIMIT_NOFILE %d)", format_address(accepted[1]), os.getpid(),
+                       len(self.conns), self.nofile)
+        else:
+            self.epoll.unregister(self.listen_fd)
+            self.accepting = False
+            refuse("worker full", "worker %d is full (%d clients, RLIMIT_NOFILE %d): it leaves "
+                   "the queue to the others until a client leaves", os.getpid(),
+                   len(self.conns), self.nofile)
 
     def admit(self, sock: socket.socket, addr: tuple) -> None:
         if self.places.take(format_address(addr)):
@@ -186,6 +218,9 @@ class EchoWorker(EpollServer):
         if self.conns.get(conn.fd) is conn:
             self.places.give()
         super().close(conn, reason)
+        if not self.accepting and len(self.conns) < self.capacity:
+            self.epoll.register(self.listen_fd, self.listen_events)
+            self.accepting = True
 
 
 class RelayWorker:

@@ -18,7 +18,7 @@ import textwrap
 import psutil
 import pytest
 
-from bench.run.scenarios import SCENARIOS, SUITES, plan
+from bench.run.scenarios import C100K, SCENARIOS, SUITES, plan
 from bench.run.suite import _spec
 from bench.sample.environment import placement
 from muxbench import procs
@@ -174,5 +174,8 @@ def test_every_planned_trial_bounds_its_load_in_count_and_time(suite):
         argv = spec.load_argv(12345, where)
         clients = int(argv[argv.index("--clients") + 1]) if "--clients" in argv else 10
         duration = float(argv[argv.index("--duration") + 1])
-        assert 0 < duration <= 3600 and 0 < clients <= 20_000, argv
+        # One process's descriptors bound every scenario but the C100K ones, whose
+        # points the harness checks against the box before they run (bench/run/capacity.py).
+        most = max(C100K) + 10 if spec.family else 20_000  # sparse: 10 active beside
+        assert 0 < duration <= 3600 and 0 < clients <= most, argv
         assert spec.load_timeout() < 3600, (spec.scenario, spec.point)

@@ -11,7 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from bench.report import limits
 from bench.report.findings import scenario_sentences
+from bench.report.hosts import hosts_table
 from bench.report.measures import Run, scenario_order
 from bench.report.seed import chat_table, ipc_table, lock_table, mechanism_table, memory_table
 from bench.report.tables import (
@@ -80,6 +82,9 @@ def render_markdown(run: Run, seed: list[Table], per_scenario: list[tuple[str, T
         "(whole process tree); memory is PSS. Failed and invalid repeats are counted in the "
         "cells and listed, with their reasons, under each table.", ""]
     parts.append(to_markdown(environment_table(run), level=2))
+    hosts = hosts_table(res)
+    if hosts is not None:
+        parts.append(to_markdown(hosts, level=2))
     if "cpu_vs_clients" in plots:
         parts += [_image("cpu_vs_clients", plots), ""]
     parts += ["## The seed's comparisons, measured", ""]
@@ -88,6 +93,10 @@ def render_markdown(run: Run, seed: list[Table], per_scenario: list[tuple[str, T
     parts += [to_markdown(t) for t in seed[2:5]]
     parts += ["## Past the textbook", ""]
     parts += [to_markdown(t) for t in seed[5:]]
+    if limits.measured(run):
+        parts += ["## Where each model breaks", "", to_markdown(limits.limits_table(run))]
+        if limits.PLOT_NAME in plots:
+            parts += [_image(limits.PLOT_NAME, plots), ""]
     parts += ["## Scenarios", ""]
     for scenario, table in per_scenario:
         parts.append(to_markdown(table))
@@ -109,6 +118,8 @@ def _write(run: Run, seed: list[Table], per_scenario: list[tuple[str, Table]], r
     if copy:
         copy_to.mkdir(parents=True, exist_ok=True)  # fail before the slow part, not after
     plots = render_plots(run, run_dir / PLOT_SUBDIR)
+    if limits.measured(run) and (path := limits.render_plot(run, run_dir / PLOT_SUBDIR)):
+        plots[limits.PLOT_NAME] = path
     report = run_dir / REPORT_FILE
     report.write_text(render_markdown(run, seed, per_scenario, plots), encoding="utf-8")
     if copy:
@@ -133,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print_rich([environment_table(run_), *seed, *(t for _, t in per_scenario)])
+        hosts = hosts_table(results)
+        c100k = [limits.limits_table(run_)] if limits.measured(run_) else []
+        print_rich([environment_table(run_), *([hosts] if hosts else []), *seed, *c100k,
+                    *(t for _, t in per_scenario)])
     print(f"muxbench report: wrote {report} and {len(plots)} plots "
           f"({run_dir / PLOT_SUBDIR}, copied to {copy_to})")
     return 0

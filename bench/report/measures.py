@@ -21,6 +21,7 @@ from bench.metrics import (
     PSS,
     SCENARIO_METRICS,
     THROUGHPUT,
+    WHEN_RUN,
     Metric,
 )
 from bench.results import group_points, is_generator_bound, metric, summary
@@ -227,7 +228,7 @@ def scenario_order(run: Run) -> list[str]:
     # Scenarios this module does not know, or that have trials but no metadata, still show.
     named = set(run.scenarios) | {t["scenario"] for t in run.results["trials"]}
     extra = sorted(s for s in named if s not in SCENARIO_METRICS)
-    return list(SCENARIO_METRICS) + extra
+    return [s for s in SCENARIO_METRICS if s in named or s not in WHEN_RUN] + extra
 
 
 def scenario_metrics(scenario: str) -> tuple[Metric, ...]:

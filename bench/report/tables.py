@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.metrics import Metric
 from bench.report.measures import Point, Run, fmt, fmt_x, scenario_metrics
-from bench.results import is_generator_bound, metric
+from bench.results import TRIAL_STATUSES, is_generator_bound, metric
 
 Cell = list[str]  # stacked lines of one cell
 
@@ -195,7 +195,9 @@ def environment_table(run: Run) -> Table:
         ("time the hypervisor took from them (steal)",
          _worst_windows(res["trials"], "steal_s")),
         ("DAMON memory monitors running", env.get("damon_monitors")),
-        ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("ok", "failed", "invalid"))),
+        # "stopped" only in runs that have it (C100K: points past a model's limit).
+        ("trials", ", ".join(f"{statuses.get(s, 0)} {s}" for s in TRIAL_STATUSES
+                             if s != "stopped" or statuses.get(s))),
     ]
     bound = sum(map(is_generator_bound, res["trials"]))
     if bound:

@@ -19,13 +19,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.run.scenarios import server_args
 from bench.sample.cgroup import CpuCgroup
 from bench.sample.environment import Placement
 from muxbench import ROOT, procs
+from muxbench.net import is_loopback
 
 HOST = "127.0.0.1"
 MUXBENCH = [sys.executable, "-m", "muxbench.cli"]
@@ -103,19 +104,39 @@ class TrialSpec:
     ready_timeout: float = READY_TIMEOUT
     workers: int | None = None  # --workers, for the models that take it
     count_syscalls: bool = False  # the scenario asks for the server's system calls
+    host: str = HOST  # where the server listens: another address on a cluster's host
+    family: str = ""  # its scenario's family: where a model stops (bench/run/capacity.py)
+    load_procs: int | None = None  # generator processes (default one per client CPU)
+    # The generator chooses its processes and source addresses (C100K, where it can).
+    generator_spreads: bool = False
+    sources: str | None = None  # the generator's --source, when it takes one
+    # The slowest accept rate a trial waits for; slower, it times out (C100K: stopped).
+    accepts_per_s: float = 200.0
+
+    def with_host(self, host: str, load_args: list[str] | None = None) -> TrialSpec:
+        """The same trial served at `host` (and driven with `load_args`, one
+        generator host's share, when given)."""
+        return replace(self, host=host, load_args=self.load_args if load_args is None
+                       else load_args)
 
     def server_argv(self, port: int) -> list[str]:
         """The server's command line; a built-in model takes port 0 and says which it got."""
         if self.server is not None:
-            return self.server.argv(HOST, port)
-        return [*MUXBENCH, "serve", self.model, "--protocol", self.protocol, "--host", HOST,
+            return self.server.argv(self.host, port)
+        return [*MUXBENCH, "serve", self.model, "--protocol", self.protocol, "--host", self.host,
                 "--port", "0", "-q", *server_args(self.point),
                 *(["--workers", str(self.workers)] if self.workers else [])]
 
     def load_argv(self, port: int, where: Placement) -> list[str]:
-        argv = [*MUXBENCH, "load", "--host", HOST, "--port", str(port),
+        argv = [*MUXBENCH, "load", "--host", self.host, "--port", str(port),
                 *self.load_args, "--duration", f"{self.duration:g}",
-                "--warmup", f"{self.warmup:g}", "--procs", str(len(where.client_cpus)), "--json"]
+                "--warmup", f"{self.warmup:g}", "--json"]
+        if not self.generator_spreads:
+            argv += ["--procs", str(self.load_procs or len(where.client_cpus))]
+        if self.sources:
+            argv += ["--source", self.sources]
+        if not is_loopback(self.host):
+            argv.append("--allow-remote")  # a cluster's own server host
         if where.pinned:
             argv += ["--cpus", ",".join(map(str, where.client_cpus))]
         return argv
@@ -123,7 +144,7 @@ class TrialSpec:
     def load_timeout(self) -> float:
         # Room to connect (a busy-polling server accepts slowly at 10000 clients) and to
         # drain, yet bounded: a stuck trial is killed and recorded, the suite goes on.
-        return self.warmup + self.duration + 20.0 + self.connections / 200
+        return self.warmup + self.duration + 20.0 + self.connections / self.accepts_per_s
 
 
 def free_port(host: str = HOST) -> int:
@@ -164,6 +185,7 @@ class Launched:
     port: int | None = None
     failure: str | None = None
     started: float = field(default_factory=time.monotonic)
+    host: str = HOST
 
     @classmethod
     def start(cls, spec: TrialSpec, where: Placement, use_cgroup: bool) -> Launched:
@@ -181,7 +203,7 @@ class Launched:
                     # Its output goes to the log: nobody reads a pipe that could fill and
                     # block it, and the last lines explain a server that never got ready.
                     # It runs where the user started the suite, as relative paths expect.
-                    port = free_port()
+                    port = free_port(spec.host)
                     proc = procs.spawn(spec.server_argv(port), cpus=cpus,
                                        stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         except OSError as exc:  # not executable, no free port, out of processes
@@ -190,7 +212,7 @@ class Launched:
         if cgroup is not None and not cgroup.add(proc.pid):
             cgroup.remove()
             cgroup = None
-        return cls(proc, stderr_path, cgroup, port)
+        return cls(proc, stderr_path, cgroup, port, host=spec.host)
 
     def wait_ready(self, timeout: float) -> tuple[int | None, str]:
         """(the port it listens on, "") once it serves, else (None, why not).
@@ -208,11 +230,11 @@ class Launched:
         deadline = time.monotonic() + timeout
         while (status := self.proc.poll()) is None:
             try:
-                socket.create_connection((HOST, self.port), timeout=1.0).close()
+                socket.create_connection((self.host, self.port), timeout=1.0).close()
                 return self.port, ""
             except OSError:
                 if time.monotonic() >= deadline:
-                    return None, self._why(f"not listening on {HOST}:{self.port} "
+                    return None, self._why(f"not listening on {self.host}:{self.port} "
                                            f"after {timeout:g} s")
                 time.sleep(0.02)
         return None, self._why(f"exited with status {status}")

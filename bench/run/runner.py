@@ -76,6 +76,18 @@ class Runner:
         display.finished(label, record)
         return record
 
+    def drop(self, index: int) -> None:
+        """Trial `index` will not run: stop it if it was started ahead."""
+        with self.lock:
+            entry = self.live.pop(index, None)
+        if entry is None:
+            return
+        trial, thread = entry
+        if thread is not None:
+            trial.server.kill()
+            thread.join(20)
+        trial.abort()
+
     def close(self) -> None:
         """Stop every trial still in flight (after Ctrl-C or an error)."""
         with self.lock:

@@ -16,10 +16,12 @@ Parameters a point may hold:
   rate             total offered messages/s (open loop)
   rate_per_client  messages/s per connection (open loop; total = clients * this)
   interval_ms      polling: the server's sleep between sweeps
+  workers          the multi-worker models' --workers (else one per server CPU)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,12 +84,24 @@ class Scenario:
     # where asked: the tracepoint costs a little on every call, so the other
     # scenarios' CPU figures stay untouched by it.
     count_syscalls: bool = False
+    # The suites that run it when no --scenarios is given (named, it runs in any).
+    runs_in: tuple[str, ...] = SUITES
+    repeats: int | None = None  # at most this many, whatever the suite's
+    duration: float | None = None  # its window and warm-up base, instead of the suite's
+    warmup: float | None = None
+    # Seconds of warm-up per thousand connections: the server accepts them in it.
+    settle_per_1000: float = 1.0
+    # Scenarios of one family share their models' limits (bench/run/capacity.py):
+    # a model that could not hold N connections in one is not tried past N in the next.
+    family: str = ""
+    # The slowest accept rate its trials wait for before they time out.
+    accepts_per_s: float = 200.0
 
     def metadata(self) -> dict:
         return {"title": self.title, "x": self.x, "x_label": self.x_label,
                 "workload": self.workload, "protocol": self.protocol, "log_x": self.log_x,
                 "description": self.why, "headline": self.headline[0],
-                "count_syscalls": self.count_syscalls}
+                "count_syscalls": self.count_syscalls, "family": self.family}
 
 
 # Within 2 minutes the C server fits in echo_clients only, within 10 in three scenarios.
@@ -95,6 +109,20 @@ BIG = ("default", "full")
 SCANNERS = ("select", "poll", "epoll")  # the fd-count comparison
 # The models that serve from one process: a thousand forked children cost minutes.
 ONE_PROCESS = tuple(name for name, model in MODELS.items() if model.approach != "processes")
+# C100K: up to a hundred thousand connections.  One process holds at most its
+# RLIMIT_NOFILE of them (20,000 here), so the multi-worker models get a worker
+# for every PER_WORKER, with room left for an uneven spread.
+C100K = [1000, 10000, 20000, 30000, 100000]
+PER_WORKER = 16000
+# A model that accepts fewer connections a second than this has stopped (a time-out);
+# waiting minutes for it at 10,000 would say no more and spend the suite's budget.
+C100K_ACCEPTS = 1000.0
+
+
+def c100k_pts(key: str, counts: list[int] = C100K, **fixed) -> list[Point]:
+    """`key` over `counts`, each with the workers the multi-worker models need for it."""
+    return [Point({**fixed, key: n, "workers": max(1, math.ceil(n / PER_WORKER))})
+            for n in counts]
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(
@@ -172,6 +200,22 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
          "full": pts("clients", [1, 8, 32], size=64)},
         why="connections/s: fork vs thread vs an event loop",
         headline=("load.connections_per_s", "conn/s", "{:.0f}")),
+    Scenario(
+        "c100k_idle", "C100K: idle connections up to each model's limit", "idle", "echo",
+        "clients", "idle connections", True, dict.fromkeys(SUITES, c100k_pts("clients")),
+        runs_in=("full",), repeats=1, duration=0.5, warmup=0.3, settle_per_1000=0.2,
+        family="c100k", accepts_per_s=C100K_ACCEPTS,
+        why="how many connections each model holds on this box, what stops it, what one costs",
+        headline=("derived.pss_per_conn_bytes", "PSS/conn", "{:.0f}")),
+    Scenario(
+        "c100k_sparse", "C100K: 10 active among N idle connections", "sparse", "echo",
+        "idle", "idle connections (10 active)", True,
+        dict.fromkeys(SUITES, c100k_pts("idle", active=10, size=64)),
+        runs_in=("full",), repeats=1, duration=1.0, warmup=0.3, settle_per_1000=0.2,
+        family="c100k", accepts_per_s=C100K_ACCEPTS,
+        why="CPU per active message as idle connections grow to the limit: O(watched) or "
+            "O(ready)",
+        headline=("derived.cpu_per_msg_us", "us/msg", "{:.1f}")),
     Scenario(
         "polling_interval", "Polling interval: CPU vs latency", "echo", "echo",
         "interval_ms", "polling interval (ms)", False,
@@ -253,6 +297,8 @@ def plan(suite: str, scenarios: list[Scenario], models: list[str], repeats: int,
     out = []
     for repeat in range(repeats):
         for scenario in scenarios:
+            if scenario.repeats is not None and repeat >= scenario.repeats:
+                continue
             names = scenario_models(scenario, suite, models, servers)
             for index, point in enumerate(scenario.suites[suite]):
                 turn = point_models(point, names)

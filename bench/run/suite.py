@@ -17,9 +17,12 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.results import SCHEMA_VERSION, ResultsWriter, new_run_id, point_latest, utc_now
+from bench.run import capacity
 from bench.run.console import Display, describe, summary_table
 from bench.run.launch import READY_TIMEOUT, CommandServer, TrialSpec
 from bench.run.runner import Runner
@@ -33,6 +36,7 @@ from bench.run.scenarios import (
     plan,
     scenario_models,
 )
+from bench.run.trial import stopped_record
 from bench.sample import cgroup, taskstats
 from bench.sample.cgroup import CpuCgroup
 from bench.sample.environment import Placement, environment, loadavg, placement
@@ -149,13 +153,25 @@ def _spec(planned: PlannedTrial, args: argparse.Namespace, servers: dict[str, Co
     settings = SUITE_SETTINGS[args.suite]
     sc = planned.scenario
     sized = planned.model in MODELS and MODELS[planned.model].takes_workers
+    conns = connections(planned.point)
+    # A generator that spreads by itself (it has --source) picks its processes too.
+    spreads = bool(sc.family) and capacity.GENERATOR_SPREADS
+    load_procs = sources = None
+    if spreads:
+        sources = capacity.sources(conns, capacity.Box.read())
+    elif sc.family:
+        load_procs = capacity.generator_procs(conns, capacity.Box.read(),
+                                              len(where.client_cpus))
     return TrialSpec(
         scenario=sc.name, workload=sc.workload, model=planned.model, protocol=sc.protocol,
         point=planned.point, repeat=planned.repeat,
-        duration=settings.duration * args.duration_scale,
+        duration=(sc.duration or settings.duration) * args.duration_scale,
         # A server accepts a thousand connections in a fraction of a second, or a
         # second on a busy machine: the window must not open before it has them all.
-        warmup=(settings.warmup + connections(planned.point) / 1000) * args.duration_scale,
+        warmup=((sc.warmup or settings.warmup) + conns / 1000 * sc.settle_per_1000)
+        * args.duration_scale,
+        family=sc.family, load_procs=load_procs, generator_spreads=spreads, sources=sources,
+        accepts_per_s=sc.accepts_per_s,
         sample_interval=settings.sample_interval,
         load_args=load_args(sc, planned.point), connections=connections(planned.point),
         server=servers.get(planned.model), ready_timeout=args.ready_timeout,
@@ -174,7 +190,23 @@ def _run_dir(out: Path, suite: str) -> Path:
     return run_dir
 
 
-def run(args: argparse.Namespace) -> int:
+class OpenError(Exception):
+    """Where the trials were to run cannot be had (no cluster, say): one line, exit 2."""
+
+
+# Where a suite's trials run: (a runner -- run(index, display) gives a trial's
+# record, close() stops what is left --, and what the run's environment records
+# of a cluster, None for this machine).  The local one is the default; a cluster
+# one (bench/cluster/) is given by the command that offers --cluster.
+Opener = Callable[[argparse.Namespace, list[TrialSpec], Placement], tuple[Any, dict | None]]
+
+
+def local_opener(args: argparse.Namespace, specs: list[TrialSpec],
+                 where: Placement) -> tuple[Runner, None]:
+    return Runner(specs, where, use_cgroup=not args.no_cgroup), None
+
+
+def run(args: argparse.Namespace, opener: Opener = local_opener) -> int:
     wanted_models, wanted_scenarios = _names(args.models), _names(args.scenarios)
     try:
         if args.server_protocol and not args.server:
@@ -197,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
         models, skipped, servers = available_models(
             [] if EVERY in wanted_models else wanted_models)
     servers = {**own, **servers}  # the C reference last, as the limit drawn over the rest
-    scenarios = [SCENARIOS[s] for s in (wanted_scenarios or SCENARIOS)]
+    scenarios = [SCENARIOS[s] for s in wanted_scenarios] or [
+        s for s in SCENARIOS.values() if args.suite in s.runs_in]
     repeats = args.repeats or SUITE_SETTINGS[args.suite].repeats
     planned = plan(args.suite, scenarios, models, repeats, servers)
     if not planned:
@@ -216,19 +249,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     meta = {s.name: {**s.metadata(), "models": scenario_models(s, args.suite, models, servers)}
             for s in scenarios}
-    return _execute(args, specs, meta, skipped, servers, where)
+    return _execute(args, specs, meta, skipped, servers, where, opener)
 
 
 def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, str],
-             servers: dict[str, CommandServer], where: Placement) -> int:
+             servers: dict[str, CommandServer], where: Placement, opener: Opener) -> int:
     out = Path(args.out)
+    try:
+        runner, cluster = opener(args, specs, where)
+    except (OpenError, ValueError) as exc:
+        print(f"muxbench bench: {exc}", file=sys.stderr)
+        return 2
     try:
         run_dir = _run_dir(out, args.suite)
     except OSError as exc:
+        runner.close()
         print(f"muxbench bench: cannot create a run directory under {out}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     env = environment(where)
+    if cluster is not None:  # the server's placement is the server host's
+        env["placement"] = cluster.pop("placement", env["placement"])
+        env["cluster"] = cluster
     env["skipped_models"] = skipped
     env["servers"] = {name: {"command": server.command, "protocol": server.protocol}
                       for name, server in servers.items()}
@@ -257,13 +299,13 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
     previous = _install_interrupt()
     error: str | None = None
     own_cpus = os.sched_getaffinity(0)
-    runner = Runner(specs, where, use_cgroup=not args.no_cgroup)
     try:
-        if where.pinned:
+        if where.pinned and cluster is None:
             # The orchestrator (and so the load generator it starts) stays off the server's CPU.
             os.sched_setaffinity(0, where.client_cpus)
         with Display(len(specs)) as display:
-            display.note(f"muxbench bench: {len(specs)} trials -> {path}  ({where.note})")
+            placed = where.note if cluster is None else cluster["note"]
+            display.note(f"muxbench bench: {len(specs)} trials -> {path}  ({placed})")
             for name, reason in skipped.items():
                 display.note(f"muxbench bench: skipping {name}: {reason}")
             for name, server in servers.items():
@@ -272,8 +314,9 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
                 display.note(f"muxbench bench: warning: load average "
                              f"{env['loadavg_before'][0]:.1f} on {env['cpus']} CPUs; other work "
                              "competes with the server and the load generator")
+            limits = capacity.Limits()
             for index in range(len(specs)):
-                results["trials"].append(runner.run(index, display))
+                results["trials"].append(_run_or_stop(runner, index, limits, display))
                 save()
         results["status"] = "complete"
     except KeyboardInterrupt:
@@ -302,6 +345,33 @@ def _execute(args, specs: list[TrialSpec], scenarios: dict, skipped: dict[str, s
     print(f"muxbench bench: {results['status']}: {len(results['trials'])} trials "
           f"({failed} not ok) in {path}", file=sys.stderr)
     return 130 if results["status"] == "interrupted" else 0
+
+
+def _run_or_stop(runner: Runner, index: int, limits: capacity.Limits, display: Display) -> dict:
+    """Run trial `index`, unless its model cannot hold the point (a family's
+    scenarios): then it is "stopped" without running, and a started server is
+    dropped.  A model that stops at N in the run is not tried past N."""
+    spec = runner.specs[index]
+    if not spec.family:
+        return runner.run(index, display)
+    n = capacity.size(spec.point)
+    stop = limits.past(spec.family, spec.model, n)
+    if stop is None:
+        why = capacity.refusal(spec.model, spec.point, spec.connections, spec.workers,
+                               capacity.Box.read(), capacity.GENERATOR_SPREADS)
+        if why is not None:
+            stop = limits.record(spec.family, spec.model, n, why, inclusive=False)
+    if stop is not None:
+        runner.drop(index)
+        record = stopped_record(spec, stop)
+        display.finished(describe(spec.scenario, spec.model, spec.point, spec.repeat), record)
+        return record
+    record = runner.run(index, display)
+    if record["status"] == "stopped":
+        stopped = record["stopped"]
+        limits.record(spec.family, spec.model, stopped["at"], stopped["why"],
+                      stopped["inclusive"])
+    return record
 
 
 class _Unwritable(Exception):

@@ -24,11 +24,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 from bench.results import utc_now
+from bench.run.capacity import Box, Stop, in_run_reason, size
 from bench.run.launch import Launched, TrialSpec
 from bench.run.outcome import classify, figures, generator_bound
-from bench.sample import procfs
+from bench.sample import procfs, sockstat
 from bench.sample.environment import Placement
 from bench.sample.sampler import TreeSampler
 from bench.sample.syscalls import SyscallCounter
@@ -58,6 +60,7 @@ class Trial:
         # stolen seconds, and the orchestrator's own CPU seconds (it runs there too).
         self.client_marks: dict[str, tuple[float, float, float, float]] = {}
         self.rusage = None
+        self.sockstat: dict[str, dict | None] = {}  # C100K points: before and in the window
         self.own_fds: dict[int, tuple[int, int]] = {}  # every fd it opens: (dev, inode)
         if server.proc is not None and server.proc.stdout is not None:
             self._remember(server.proc.stdout.fileno())
@@ -84,6 +87,8 @@ class Trial:
         if self.spec.count_syscalls:
             # Every process of the tree by now (prefork's workers); later ones inherit.
             self.syscalls = SyscallCounter(procs.group_members(self.server.proc.pid))
+        if self.spec.family:
+            self.sockstat["before"] = sockstat.read()
         self.sampler.mark("load_start")
         # Pipes, not a temporary file: a pipe's inode is never reused soon, which is what
         # makes the leftover-descriptor check below exact.
@@ -111,6 +116,8 @@ class Trial:
                 self.sampler.mark("start", memory=False)
                 if self.syscalls is not None:
                     self.syscalls.enable()
+                if self.spec.family:
+                    self.sockstat["window"] = sockstat.read()
             elif line == markers.WINDOW_END:
                 if self.syscalls is not None:
                     self.syscalls.disable()
@@ -128,13 +135,7 @@ class Trial:
 
         `previous_done` is when the previous trial had stopped its server: a
         window that opened before it is flagged, never silently kept."""
-        spec = self.spec
-        trial = {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
-                 "point": spec.point, "repeat": spec.repeat, "workers": spec.workers,
-                 "status": "failed",
-                 "reason": self.failure, "started_at": self.started_at, "duration_s": None,
-                 "generator_bound": False, "server": None, "client": None,
-                 "derived": figures(None, None), "load": None, "cleanup": None}
+        trial = blank_record(self.spec, "failed", self.failure, self.started_at)
         try:
             if self.failure is None:
                 self._measure(trial, previous_done)
@@ -175,6 +176,12 @@ class Trial:
             self.spec.workload, load, outcome, self.server.proc.poll(),
             procs.tail(self.server.stderr_path))
         trial["generator_bound"] = generator_bound(trial["status"], load)
+        if self.spec.family:
+            self._judge_limit(trial)
+            held = (load or {}).get("connected") or 0
+            trial["sockstat"] = self.sockstat
+            trial["derived"]["kernel_mem_per_conn_bytes"] = sockstat.per_connection(
+                self.sockstat.get("before"), self.sockstat.get("window"), held)
         if uncounted:
             _note(trial, f"system calls not counted: {uncounted}")
         if trial["status"] == "invalid" and client is not None:
@@ -185,6 +192,15 @@ class Trial:
             lead = previous_done - marks[window[0]].t
             _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
                          "trial's server had stopped")
+
+    def _judge_limit(self, trial: dict) -> None:
+        """A point the model did not hold (fewer connections, or out of time) is
+        where it stopped: "stopped", with the reason its log or the run gives."""
+        stopped = in_run_reason(trial, procs.tail(self.server.stderr_path), Box.read())
+        if stopped is not None:
+            stop = Stop(size(self.spec.point), *stopped)
+            trial["status"], trial["reason"] = "stopped", stop.text()
+            trial["stopped"] = {**asdict(stop), "before_run": False}
 
     def _mark_client_cpus(self, name: str) -> None:
         idle, steal = procfs.idle_and_steal(self.where.client_cpus)
@@ -283,6 +299,25 @@ def others_note(window: dict | None, wall_s: float, cpus: int) -> str | None:
 
 def _note(trial: dict, note: str) -> None:
     trial["reason"] = f"{trial['reason']}; {note}" if trial["reason"] else note
+
+
+def blank_record(spec: TrialSpec, status: str, reason: str | None,
+                 started_at: str | None = None) -> dict:
+    """A trial's record before (or without) any measurement."""
+    return {"scenario": spec.scenario, "model": spec.model, "protocol": spec.protocol,
+            "point": spec.point, "repeat": spec.repeat, "workers": spec.workers,
+            "status": status, "reason": reason, "started_at": started_at or utc_now(),
+            "duration_s": None, "generator_bound": False, "server": None, "client": None,
+            "derived": figures(None, None), "load": None, "cleanup": None}
+
+
+def stopped_record(spec: TrialSpec, stop: Stop) -> dict:
+    """The record of a point not run: the model cannot hold it, or stopped at a
+    smaller one (bench/run/capacity.py)."""
+    trial = blank_record(spec, "stopped", stop.text())
+    trial["duration_s"] = 0.0
+    trial["stopped"] = {**asdict(stop), "before_run": True}
+    return trial
 
 
 def run_trial(spec: TrialSpec, where: Placement, server: Launched) -> dict:
