@@ -57,10 +57,17 @@ def tasks_now() -> int:
         return 0
 
 
+def pid_max() -> int:
+    return read_int("sys/kernel/pid_max", 32768)
+
+
+def threads_max() -> int:
+    return read_int("sys/kernel/threads-max", 1 << 22)
+
+
 def pids_free() -> int:
     """pids (processes or threads) that can still be made: pid_max and threads-max."""
-    ceiling = min(read_int("sys/kernel/pid_max", 32768),
-                  read_int("sys/kernel/threads-max", 1 << 22))
+    ceiling = min(pid_max(), threads_max())
     return max(0, ceiling - tasks_now())
 
 

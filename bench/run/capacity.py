@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import resource
 from dataclasses import dataclass
-from pathlib import Path
 
+from muxbench import limits
 from servers.models import MODELS
 
 # Descriptors a process needs beside its connections (listener, pipes, epoll, logs).
@@ -53,18 +53,11 @@ class Box:
 
     @classmethod
     def read(cls) -> Box:
-        low, high = map(int, _proc("sys/net/ipv4/ip_local_port_range").split())
-        mem = next(int(line.split()[1]) * 1024 for line in _proc("meminfo").splitlines()
-                   if line.startswith("MemAvailable:"))
+        low, high = limits.port_range()
         return cls(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
-                   pid_max=int(_proc("sys/kernel/pid_max")),
-                   threads_max=int(_proc("sys/kernel/threads-max")),
-                   tasks=int(_proc("loadavg").split()[3].split("/")[1]),
-                   mem_available=mem, ports=high - low + 1)
-
-
-def _proc(name: str) -> str:
-    return Path("/proc", name).read_text()
+                   pid_max=limits.pid_max(), threads_max=limits.threads_max(),
+                   tasks=limits.tasks_now(), mem_available=limits.mem_available(),
+                   ports=high - low + 1)
 
 
 def size(point: dict) -> int:
