@@ -27,8 +27,13 @@ HEADROOM_FDS = 32
 # Share of MemAvailable a model may plan to fill with its clients.
 MEMORY_SHARE = 0.5
 # Memory areas (map entries) a client thread adds to the process: its stack,
-# the guard page below it and the allocator's; 4.06 measured here over 500.
+# the guard page below it, its receive buffer and the allocator's; 4.06
+# measured here over 500, 4.005 over 12,000.
 MAPS_PER_THREAD = 4
+# Map entries kept free for the interpreter's own growth: at the very edge of
+# vm.max_map_count a thread's start or its buffer's mmap fails (ENOMEM), and
+# the client is accepted and then dropped instead of refused with the others.
+MAP_MARGIN = 2048
 # What a client thread costs: its kernel stack (16 KiB on x86-64), its user
 # stack's touched pages and the interpreter's thread state -- MemAvailable
 # fell 17 KiB per echo client here; rounded up for the socket's buffers.
@@ -82,8 +87,8 @@ def thread_clients(private: bool) -> int:
     return _clients({
         "descriptors": limits.raise_nofile().soft - HEADROOM_FDS,
         "pids": (limits.pids_free() - PID_MARGIN) // per_client,
-        "map entries": (limits.read_int("sys/vm/max_map_count", 65530) - maps_now)
-        // (MAPS_PER_THREAD * per_client),
+        "map entries": (limits.read_int("sys/vm/max_map_count", 65530) - maps_now
+                        - MAP_MARGIN) // (MAPS_PER_THREAD * per_client),
         "memory": int(limits.mem_available() * MEMORY_SHARE) // (THREAD_BYTES * per_client),
     }, "thread")
 
