@@ -17,6 +17,7 @@ through, after every process of the trial is dead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -101,10 +102,18 @@ class Trial:
             self.readers.append(threading.Thread(target=target, daemon=True))
             self.readers[-1].start()
 
+    # A generator that runs out of time is killed and its pipes closed while these
+    # readers may still be in a read: that ends the read (ValueError, or OSError for
+    # the descriptor), and what was read before it is kept.
     def _slurp(self) -> None:
-        self.output = self.load_proc.stdout.read()
+        with contextlib.suppress(ValueError, OSError):
+            self.output = self.load_proc.stdout.read()
 
     def _watch(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._watch_lines()
+
+    def _watch_lines(self) -> None:
         for raw in self.load_proc.stderr:
             line = raw.strip()
             if line == markers.WARMUP_START:
