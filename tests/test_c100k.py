@@ -220,6 +220,29 @@ def test_limits_table_and_sentences_read_the_figures():
            "(13.6x; it grows" in text
 
 
+def test_a_generator_bound_point_is_a_bound_and_no_stop():
+    results = _synthetic()
+    for n, us in ((1000, 9.0), (100000, 14.0)):
+        t = fake_results.trial("c100k_sparse", "prefork", {"idle": n, "active": 10}, 0,
+                               status="invalid", reason="load generator saturated its CPUs",
+                               load=fake_results.load_object(n),
+                               derived={"cpu_per_msg_us": us})
+        t["generator_bound"] = True
+        results["trials"].append(t)
+    results["trials"].append(fake_results.trial(
+        "c100k_sparse", "prefork", {"idle": 10000, "active": 10}, 0, status="ok",
+        load=fake_results.load_object(10000, latency_us={"p99": 150.0}),
+        derived={"cpu_per_msg_us": 8.0}))
+    rows = {row[0][0]: row for row in limits.limits_table(Run(results)).rows}
+    assert rows["prefork"][1] == ["100,000"]
+    assert rows["prefork"][2] == ["held every point"]
+    assert rows["prefork"][7] == ["1,000: ≤ 9.00 µs (generator-bound)",
+                                  "10,000: 8.00 µs / 150 µs",
+                                  "100,000: ≤ 14.0 µs (generator-bound)"]
+    # A bound is no exact figure: growth reads the one exact point alone, so says nothing.
+    assert limits.growth(Run(results), "prefork") is None
+
+
 def test_report_writes_the_section_and_the_plot(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.metrics import CPU, CPU_PER_MSG, P99, PSS_PER_CONN, Metric
 from bench.report.measures import Run, colour, fmt, fmt_ratio, fmt_x, model_sort_key
 from bench.report.tables import Table
-from bench.results import metric, summary
+from bench.results import is_generator_bound, metric, summary
 
 IDLE, SPARSE = "c100k_idle", "c100k_sparse"
 HELD = Metric("load.connected", "connections held", "count")
@@ -37,19 +37,23 @@ def _trials(run: Run, scenario: str, model: str) -> list[dict]:
             if t["scenario"] == scenario and t["model"] == model]
 
 
-def _measured(trials: Iterable[dict]) -> dict[int, list[dict]]:
-    """{N: trials with figures at N}: ok, or stopped in the run with a load record."""
+def _measured(trials: Iterable[dict], bound: bool = False) -> dict[int, list[dict]]:
+    """{N: trials with figures at N}: ok, or stopped in the run with a load record;
+    with `bound`, the generator-bound ones instead, whose figures are bounds."""
     out: dict[int, list[dict]] = {}
     for t in trials:
-        if t["status"] in MEASURED and t.get("load"):
+        kept = is_generator_bound(t) if bound else t["status"] in MEASURED
+        if kept and t.get("load"):
             out.setdefault(_size(t), []).append(t)
     return dict(sorted(out.items()))
 
 
-def series(run: Run, scenario: str, model: str, m: Metric) -> list[tuple[int, dict]]:
-    """[(N, summary of m)] over the measured points that have it."""
+def series(run: Run, scenario: str, model: str, m: Metric,
+           bounds: bool = False) -> list[tuple[int, dict]]:
+    """[(N, summary of m)] over the measured points that have it; with `bounds`, over
+    the generator-bound ones instead."""
     out = []
-    for n, trials in _measured(_trials(run, scenario, model)).items():
+    for n, trials in _measured(_trials(run, scenario, model), bounds).items():
         stat = summary(metric(t, m.path) for t in trials)
         if stat["median"] is not None:
             out.append((n, stat))
@@ -71,8 +75,11 @@ def stop_reason(run: Run, model: str) -> str:
         if "why" in stop:  # without the notes a trial's reason may carry (overlap, cleanup)
             return f"stopped at {stop['at']:,}: {stop['why']}"
         return first["reason"]
+    # A generator-bound point held its connections: the generator, not the model,
+    # ran out of CPU, so it is no stop.
     failed = [t for t in run.results["trials"] if t["scenario"] in (IDLE, SPARSE)
-              and t["model"] == model and t["status"] in ("failed", "invalid")]
+              and t["model"] == model and t["status"] in ("failed", "invalid")
+              and not is_generator_bound(t)]
     if failed:
         first = min(failed, key=_size)
         return f"{first['status']} at {fmt_x(_size(first))}: {first.get('reason')}"
@@ -89,9 +96,11 @@ def _at_largest(run: Run, model: str, m: Metric) -> str:
 
 
 def _held(run: Run, model: str) -> int:
-    """The most connections the model held at once, in either scenario."""
+    """The most connections the model held at once, in either scenario (a
+    generator-bound point held them too: only its throughput is a bound)."""
     return int(max((metric(t, HELD.path) or 0 for scenario in (IDLE, SPARSE)
-                    for trials in _measured(_trials(run, scenario, model)).values()
+                    for bound in (False, True)
+                    for trials in _measured(_trials(run, scenario, model), bound).values()
                     for t in trials), default=0))
 
 
@@ -107,19 +116,36 @@ def limits_table(run: Run) -> Table:
                 "idle point measured; kernel memory is both ends' sockets (slabs and buffer "
                 "pages, /proc/net/sockstat and /proc/slabinfo); the generator's is its "
                 "workers' USS over the connections they hold. A point the model could not "
-                "hold is \"stopped\", with the reason, and larger ones are not tried.")
+                "hold is \"stopped\", with the reason, and larger ones are not tried. "
+                f"\"{CPU_PER_MSG.bound} X (generator-bound)\": the load generator ran out of CPU "
+                "first; the server's cost per message at that point is at most X.")
     for model in names:
         held = _held(run, model)
-        cpu = series(run, SPARSE, model, CPU_PER_MSG)
-        p99 = dict(series(run, SPARSE, model, P99))
-        active = [f"{fmt_x(n)}: {fmt(s['median'], 'us')} / "
-                  f"{fmt(p99[n]['median'], 'us') if n in p99 else 'n/a'}" for n, s in cpu]
+        active = _active(run, model)
         table.add(model, fmt_x(held) if held else "none", stop_reason(run, model),
                   *(_at_largest(run, model, m) for m in (PSS_PER_CONN, KERNEL_PER_CONN,
                                                          GENERATOR_PER_CONN, CPU)),
                   active or ["n/a"])
     table.sentences = verdicts(run, names)
     return table
+
+
+def _active(run: Run, model: str) -> list[str]:
+    """'N: CPU per message / p99' at every c100k_sparse N measured; where every trial
+    at N was generator-bound, the CPU figure as its bound and no p99 (it has none)."""
+    exact = dict(series(run, SPARSE, model, CPU_PER_MSG))
+    bound = {n: s for n, s in series(run, SPARSE, model, CPU_PER_MSG, bounds=True)
+             if n not in exact}
+    p99 = dict(series(run, SPARSE, model, P99))
+    out = []
+    for n in sorted(exact.keys() | bound.keys()):
+        if n in exact:
+            cell = (f"{fmt(exact[n]['median'], 'us')} / "
+                    f"{fmt(p99[n]['median'], 'us') if n in p99 else 'n/a'}")
+        else:
+            cell = f"{CPU_PER_MSG.bound} {fmt(bound[n]['median'], 'us')} (generator-bound)"
+        out.append(f"{fmt_x(n)}: {cell}")
+    return out
 
 
 def growth(run: Run, model: str) -> tuple[int, float, int, float] | None:
