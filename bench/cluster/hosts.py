@@ -242,13 +242,16 @@ def network_kind(peer: str, local: str | None = None) -> str:
 
 
 def _link_kind(dev: str) -> str:
-    sysfs = Path("/sys/class/net") / dev
+    # From `ip` alone, not /sys/class/net: a process that entered a namespace's
+    # network only (nsenter) still sees the host's sysfs.
     if dev == "lo":
         return "loopback"
-    if (sysfs / "device").exists():
-        return "nic"
-    if (sysfs / "brif").is_dir():
-        kinds = {_link_kind(port.name) for port in (sysfs / "brif").iterdir()}
-        return kinds.pop() if len(kinds) == 1 else "virtual"
     info = json.loads(ip("-j", "-d", "link", "show", "dev", dev) or "[{}]")[0]
-    return "veth" if info.get("linkinfo", {}).get("info_kind") == "veth" else "virtual"
+    if "parentbus" in info:  # a device on a bus: hardware, or a VM's virtio
+        return "nic"
+    kind = info.get("linkinfo", {}).get("info_kind")
+    if kind == "bridge":
+        ports = json.loads(ip("-j", "link", "show", "master", dev) or "[]")
+        kinds = {_link_kind(port["ifname"]) for port in ports}
+        return kinds.pop() if len(kinds) == 1 else "virtual"
+    return "veth" if kind == "veth" else "virtual"
