@@ -39,7 +39,8 @@ from distributed import Client  # only once it is known to be there
 # generator falls behind its schedule now and then, and its trial is rightly
 # invalid (the local path's too).  Echo split over the hosts, connections
 # cycling, and the sparse pattern kept whole on one host.
-TINY = ["--suite", "quick", "--models", "epoll", "--scenarios", "echo_clients,churn,sparse"]
+TINY = ["--suite", "quick", "--models", "epoll", "--scenarios",
+        "echo_clients,churn,sparse,syscalls"]
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -53,9 +54,18 @@ def _check_merged(run_dir: Path, generators: int) -> dict:
     bad = [(t["scenario"], t["status"], t["reason"]) for t in results["trials"]
            if t["status"] != "ok"]
     assert not bad, bad
+    # The server host accounts CPU as this machine does for a local trial.
+    local_cpu = "cgroup" if results["environment"]["cpu_accounting"].startswith("cgroup") \
+        else "psutil"
     for trial in results["trials"]:
         server, *gens = trial["hosts"]
         assert server["role"] == "server" and server["server"]["cpu_s"] > 0
+        assert server["server"]["cpu_source"] == local_cpu
+        if trial["scenario"] == "syscalls":  # counted on the server's host, in the window
+            if shutil.which("perf"):
+                assert trial["derived"]["syscalls_per_msg"] > 0.5, trial["reason"]
+            else:
+                assert "system calls not counted" in trial["reason"]
         assert trial["server"] == server["server"]
         assert trial["cleanup"]["leftover_fds"] == 0 and trial["cleanup"]["graceful"]
         assert trial["server"]["samples"] > 0  # memory read on the server host, as locally

@@ -25,6 +25,7 @@ from bench.cluster.engine import CPUS_ENV
 from bench.run.launch import Launched, TrialSpec
 from bench.sample.environment import Placement, placement
 from bench.sample.sampler import TreeSampler
+from bench.sample.syscalls import SyscallCounter
 from muxbench import ROOT, markers, procs
 
 _SERVED: dict[str, _Served] = {}
@@ -36,6 +37,7 @@ class _Served:
     launched: Launched
     where: Placement
     sampler: TreeSampler | None = None
+    syscalls: SyscallCounter | None = None  # when the scenario counts them
     window: threading.Thread | None = None
     held: threading.Event = field(default_factory=threading.Event)
     fds: dict[int, tuple[int, int]] = field(default_factory=dict)  # fd: (dev, inode)
@@ -83,6 +85,8 @@ def start_server(key: str, spec: TrialSpec, use_cgroup: bool) -> dict:
     served.sampler.mark("ready")
     served.sampler.start()
     served.sampler.mark("load_start")
+    if spec.count_syscalls:  # attached to the whole tree once it listens, as locally
+        served.syscalls = SyscallCounter(procs.group_members(launched.proc.pid))
     return {"port": port, "failure": None, "placement": where.as_dict(),
             "pid": launched.proc.pid}
 
@@ -104,8 +108,16 @@ def arm_window(key: str, start_ns: int, end_ns: int, warmup_s: float) -> None:
                 served.warm_at = time.monotonic()
                 served.sampler.wake()
                 continue
-            served.sampler.hold_costly_ticks(name == "start")
-            served.sampler.mark(name, memory=False)
+            if name == "start":
+                served.sampler.hold_costly_ticks(True)
+                served.sampler.mark(name, memory=False)
+                if served.syscalls is not None:
+                    served.syscalls.enable()
+            else:
+                if served.syscalls is not None:
+                    served.syscalls.disable()
+                served.sampler.mark(name, memory=False)
+                served.sampler.hold_costly_ticks(False)
 
     served.window = threading.Thread(target=marks, name=f"window-{key}", daemon=True)
     served.window.start()
@@ -116,7 +128,8 @@ def finish_server(key: str) -> dict:
     with _LOCK:
         served = _SERVED.pop(key, None)
     if served is None:
-        return {"stats": None, "exit_status": None, "log": "", "cleanup": None}
+        return {"stats": None, "exit_status": None, "log": "", "cleanup": None,
+                "uncounted": None}
     launched, sampler = served.launched, served.sampler
     stats = None
     if served.window is not None:
@@ -130,12 +143,18 @@ def finish_server(key: str) -> dict:
         stats = sampler.stats(*edges, baseline="ready", memory_from=memory_from)
         stats["window"] = "loadgen" if edges[0] == "start" else "process"
         stats["cpus"] = served.where.server_cpus
+    uncounted = None
+    if served.syscalls is not None:
+        count, uncounted = served.syscalls.close()
+        if stats is not None:
+            stats["syscalls"] = count
     status = launched.proc.poll() if launched.proc is not None else None
     log = procs.tail(launched.stderr_path)
     cleanup = launched.dispose()
     # Still open = the same number naming the same file, as a local trial checks.
     cleanup["leftover_fds"] = sum(procs.identity(fd) == ident for fd, ident in served.fds.items())
-    return {"stats": stats, "exit_status": status, "log": log, "cleanup": cleanup}
+    return {"stats": stats, "exit_status": status, "log": log, "cleanup": cleanup,
+            "uncounted": uncounted}
 
 
 def run_generator(key: str, spec: TrialSpec, port: int, start_at_ns: int,
@@ -170,6 +189,8 @@ def cleanup() -> int:
         _SERVED.clear()
     for _, served in left:
         served.held.set()
+        if served.syscalls is not None:
+            served.syscalls.close()
         served.launched.kill()
         with contextlib.suppress(OSError):
             served.launched.dispose()

@@ -26,7 +26,7 @@ from bench.cluster.share import shares
 from bench.run.console import Display, describe
 from bench.run.launch import TrialSpec
 from bench.run.outcome import classify, figures, generator_bound
-from bench.run.trial import blank_record
+from bench.run.trial import blank_record, note
 
 # Seconds from the orchestrator's go to the window: a generator's interpreter,
 # its imports and Dask's hop, before its connections and warm-up.
@@ -181,6 +181,8 @@ class ClusterRunner:
             reason = "; ".join([*([reason] if reason else []), *missed])
         record["status"], record["reason"] = status, reason
         record["generator_bound"] = generator_bound(status, load) and not missed
+        if served.get("uncounted"):
+            note(record, f"system calls not counted: {served['uncounted']}")
 
     def _clean(self, faulted: bool) -> None:
         """After a fault (or Ctrl-C): cancel what is in flight and kill what any

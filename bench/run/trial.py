@@ -192,14 +192,15 @@ class Trial:
             trial["derived"]["kernel_mem_per_conn_bytes"] = sockstat.per_connection(
                 self.sockstat.get("before"), self.sockstat.get("window"), held)
         if uncounted:
-            _note(trial, f"system calls not counted: {uncounted}")
+            note(trial, f"system calls not counted: {uncounted}")
         if trial["status"] == "invalid" and client is not None:
-            note = others_note(client["window"], stats["wall_s"], len(self.where.client_cpus))
-            if note:
-                _note(trial, note)
+            others = others_note(client["window"], stats["wall_s"],
+                                 len(self.where.client_cpus))
+            if others:
+                note(trial, others)
         if previous_done is not None and marks[window[0]].t < previous_done:
             lead = previous_done - marks[window[0]].t
-            _note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
+            note(trial, f"overlap: the window opened {lead:.3f} s before the previous "
                          "trial's server had stopped")
 
     def _judge_limit(self, trial: dict) -> None:
@@ -285,7 +286,7 @@ class Trial:
         trial["duration_s"] = round(time.monotonic() - self.t0, 3)
         trial.setdefault("timeline", {})["stopped"] = trial["duration_s"]
         if cleanup["leftover_procs"]:
-            _note(trial, f"cleanup: {cleanup['leftover_procs']} process(es) outlived the "
+            note(trial, f"cleanup: {cleanup['leftover_procs']} process(es) outlived the "
                          "server's stop" + ("" if cleanup["graceful"] else
                                             " (it ignored SIGTERM)")
                   + f"; {cleanup['killed']} killed")
@@ -306,8 +307,9 @@ def others_note(window: dict | None, wall_s: float, cpus: int) -> str | None:
     return f"{' and '.join(taken)} of the generator's CPU in its {wall_s:.2f} s window"
 
 
-def _note(trial: dict, note: str) -> None:
-    trial["reason"] = f"{trial['reason']}; {note}" if trial["reason"] else note
+def note(trial: dict, text: str) -> None:
+    """Add a note to a trial's reason."""
+    trial["reason"] = f"{trial['reason']}; {text}" if trial["reason"] else text
 
 
 def blank_record(spec: TrialSpec, status: str, reason: str | None,
