@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 import uuid
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 from bench.cluster import clock, remote
 from bench.cluster.engine import Cluster, ClusterError, Host
@@ -60,7 +62,10 @@ class ClusterRunner:
             record["status"], record["reason"] = "failed", str(exc)
         except Exception as exc:  # from Dask or a worker: this trial fails, the suite goes on
             record["status"] = "failed"
-            record["reason"] = f"cluster error: {type(exc).__name__}: {exc}"
+            # Where it was raised: an error from inside Dask says little by its name.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            record["reason"] = (f"cluster error: {type(exc).__name__}: {exc} (raised in "
+                                f"{Path(frame.filename).name}:{frame.lineno}, {frame.name})")
         finally:
             self._clean(faulted)
             record["duration_s"] = round(time.monotonic() - t0, 3)
